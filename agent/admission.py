@@ -1,0 +1,140 @@
+"""Call admission in the worker's job request handler, before a call is accepted.
+
+The sidecar decides (quota leases shared by every worker); the worker carries the decision
+to the job as attributes of the agent's participant, where the job reads it and where a
+room's front end can show a refused user the reason. A refused call is still accepted:
+the agent joins only to say why (a SIP caller hears it) and then leaves, because a
+rejected job would leave the caller in silence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agent.logs import mask_phone
+from agent.settings import Settings
+from agent.sidecar_client import SidecarClient, SidecarUnavailable
+
+log = logging.getLogger("agent.admission")
+
+ADMISSION_ATTR = "va.admission"
+"""``admitted`` (with a lease), ``unleased`` (sidecar unreachable, admitted anyway and billed
+later through the outbox), ``unmetered`` (no sidecar configured) or ``refused``."""
+LEASE_ATTR = "va.lease_id"
+REASON_ATTR = "va.refusal_reason"
+MESSAGE_ATTR = "va.refusal_message"
+ORG_ATTR = "va.organisation_id"
+
+UNAVAILABLE_MESSAGE = "Sorry, we cannot take your call right now. Please try again later."
+
+
+@dataclass(frozen=True)
+class CallIdentity:
+    """Who a call belongs to, from the job's metadata (set by the dispatch rule or by the
+    app that created the room): ``{"organisation_id": 1, "agent_id": 2,
+    "dialled_number": "+15550100"}``; every field optional."""
+
+    call_id: str
+    organisation_id: int | None
+    agent_id: int | None
+    dialled_number: str | None
+
+
+def call_identity(
+    call_id: str, metadata_sources: list[str], default_organisation_id: int | None
+) -> CallIdentity:
+    """Merge the JSON metadata sources (later ones win). Malformed metadata is logged and
+    ignored: it must not take the call down."""
+    merged: dict[str, Any] = {}
+    for raw in metadata_sources:
+        if not raw:
+            continue
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            log.warning("job metadata is not JSON; ignored", extra={"metadata": raw[:200]})
+            continue
+        if isinstance(value, dict):
+            merged.update(value)
+        else:
+            log.warning("job metadata is not a JSON object; ignored")
+    return CallIdentity(
+        call_id=call_id,
+        organisation_id=_int_or_none(merged.get("organisation_id")) or default_organisation_id,
+        agent_id=_int_or_none(merged.get("agent_id")),
+        dialled_number=merged.get("dialled_number")
+        if isinstance(merged.get("dialled_number"), str)
+        else None,
+    )
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+async def admission_attributes(
+    identity: CallIdentity, client: SidecarClient | None, *, fail_open: bool
+) -> dict[str, str]:
+    """The decision for one call, as participant attributes."""
+    if client is None:
+        return {ADMISSION_ATTR: "unmetered"}
+    try:
+        decision = await client.admit(
+            identity.call_id,
+            organisation_id=identity.organisation_id,
+            agent_id=identity.agent_id,
+            dialled_number=identity.dialled_number,
+        )
+    except SidecarUnavailable as exc:
+        log.error(
+            "sidecar unavailable for admission",
+            extra={"error": str(exc), "fail_open": fail_open},
+        )
+        if fail_open:
+            return {ADMISSION_ATTR: "unleased", **_org_attr(identity)}
+        return {
+            ADMISSION_ATTR: "refused",
+            REASON_ATTR: "billing_unavailable",
+            MESSAGE_ATTR: UNAVAILABLE_MESSAGE,
+        }
+    if decision.admitted and decision.lease_id:
+        return {ADMISSION_ATTR: "admitted", LEASE_ATTR: decision.lease_id, **_org_attr(identity)}
+    log.info(
+        "call refused",
+        extra={
+            "reason": decision.reason,
+            "dialled_number": mask_phone(identity.dialled_number or ""),
+        },
+    )
+    return {
+        ADMISSION_ATTR: "refused",
+        REASON_ATTR: decision.reason or "refused",
+        MESSAGE_ATTR: decision.message or UNAVAILABLE_MESSAGE,
+    }
+
+
+def _org_attr(identity: CallIdentity) -> dict[str, str]:
+    return {ORG_ATTR: str(identity.organisation_id)} if identity.organisation_id else {}
+
+
+def make_request_handler(
+    settings: Settings, client: SidecarClient | None
+) -> Callable[[Any], Awaitable[None]]:
+    """The ``on_request`` handler for ``AgentServer.rtc_session``."""
+
+    async def on_request(req: Any) -> None:
+        identity = call_identity(
+            req.job.id,
+            [req.room.metadata, req.job.metadata],
+            settings.default_organisation_id,
+        )
+        attributes = await admission_attributes(
+            identity, client, fail_open=settings.admission_fail_open
+        )
+        await req.accept(attributes=attributes)
+
+    return on_request

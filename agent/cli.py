@@ -1,0 +1,336 @@
+"""The product's CLI, on top of livekit-agents' own.
+
+``console``, ``dev``, ``start`` and ``connect`` are livekit-agents' commands, run after a
+pre-flight check: livekit-agents 1.8.9 exits 0 silently when the server URL or keys are
+missing, retries a closed port for minutes, and exits 0 after ~15 s without an audio
+device. Here every failure to start exits non-zero with one line saying what to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlparse
+
+import numpy as np
+from pydantic import ValidationError
+
+from agent.settings import Settings
+from agent.wav_io import CALLER_SAMPLE_RATE_HZ
+
+LIVEKIT_COMMANDS = ("console", "dev", "start", "connect")
+
+
+class StartupError(Exception):
+    """A reason the command cannot run, phrased as what the operator should fix."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # one line, not argparse's usage block: say what is wrong and where help is
+        raise StartupError(f"{message} (see: python {self.prog} --help)", 2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="agent.py", description="Real-time voice agent worker.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    console = sub.add_parser("console", help="talk to the agent with the local mic and speakers")
+    console.add_argument("--text", action="store_true", help="type instead of speaking")
+    console.add_argument("--input-device", help="input device id or name substring")
+    console.add_argument("--output-device", help="output device id or name substring")
+    console.add_argument("--list-devices", action="store_true", help="list audio devices")
+
+    for name, text in (
+        ("dev", "run as a LiveKit worker in development mode (console when no server is set)"),
+        ("start", "run as a LiveKit worker in production mode"),
+        ("connect", "join one LiveKit room directly (--room NAME)"),
+    ):
+        sub.add_parser(name, help=text, add_help=False)
+
+    sidecar = sub.add_parser("sidecar", help="run the billing sidecar (HTTP API on SIDECAR_PORT)")
+    sidecar_sub = sidecar.add_subparsers(dest="sidecar_command", parser_class=_Parser)
+    sidecar_sub.add_parser("serve", help="serve the API (the default)")
+    sidecar_sub.add_parser("migrate", help="apply database migrations and exit")
+    boot = sidecar_sub.add_parser("bootstrap", help="create an organisation and its admin key")
+    boot.add_argument("--org", required=True, help="organisation name")
+    boot.add_argument("--admin-email", required=True)
+    boot.add_argument("--plan", default="starter", help="plan name (default: starter)")
+
+    sim = sub.add_parser("simulate", help="run a whole call from a caller recording, headless")
+    sim.add_argument("--input", required=True, type=Path, help="caller audio (WAV/FLAC, any rate)")
+    sim.add_argument("--output", type=Path, help="write the agent's audio to this WAV")
+    sim.add_argument("--report", type=Path, help="write the call report (JSON) here")
+    sim.add_argument("--start", type=float, default=0.0, help="use the recording from S seconds")
+    sim.add_argument("--end", type=float, help="use the recording up to S seconds")
+    sim.add_argument("--fast", action="store_true", help="feed the caller's audio unpaced")
+    sim.add_argument("--no-greeting", action="store_true", help="skip the agent's greeting")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in ("dev", "start", "connect"):
+            # livekit-agents owns these flags; we only check the set-up before handing over
+            return run_livekit(argv[0], argv[1:], load_settings())
+        args = build_parser().parse_args(argv)
+        settings = load_settings()
+        if args.command == "console":
+            return run_livekit("console", argv[1:], settings)
+        if args.command == "simulate":
+            return run_simulate(args, settings)
+        if args.command == "sidecar":
+            return run_sidecar(args, settings)
+        raise StartupError(f"unknown command {args.command!r}", 2)
+    except StartupError as exc:
+        one_line = " ".join(str(exc).split())  # driver errors span several lines
+        print(f"error: {one_line}", file=sys.stderr)
+        return exc.exit_code
+
+
+def load_settings() -> Settings:
+    """Settings from the environment and .env; a bad value is a StartupError naming it."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{_setting_name(err['loc'])}{_shown_value(err)}: {err['msg']}" for err in exc.errors()
+        )
+        raise StartupError(f"invalid setting {problems}") from exc
+
+
+def _setting_name(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc).upper()
+
+
+def _shown_value(err: Any) -> str:
+    # never echo a secret into a terminal or a log
+    secret = any(w in _setting_name(err["loc"]) for w in ("SECRET", "TOKEN", "KEY", "URL"))
+    return "" if secret else f"={err.get('input')!r}"
+
+
+def run_livekit(command: str, rest: list[str], settings: Settings) -> int:
+    if command == "dev" and not settings.livekit_url:
+        print(
+            "no LiveKit server configured (LIVEKIT_URL is not set): running the console instead",
+            file=sys.stderr,
+        )
+        command, rest = "console", []
+    if command == "console":
+        if "--list-devices" not in rest:
+            check_audio_devices(text_mode="--text" in rest)
+    else:
+        check_livekit_server(settings, command)
+
+    from livekit.agents import cli
+
+    from agent.worker import build_server, start_sidecar_link
+
+    sys.argv = ["agent.py", command, *rest]
+    stop_sidecar_link = start_sidecar_link(settings)
+    try:
+        cli.run_app(build_server(settings))
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        if stop_sidecar_link is not None:
+            stop_sidecar_link.set()
+    return 0
+
+
+def check_livekit_server(settings: Settings, command: str) -> None:
+    """Raises StartupError unless the LiveKit server is configured and accepts connections."""
+    missing = [
+        name
+        for name, value in (
+            ("LIVEKIT_URL", settings.livekit_url),
+            ("LIVEKIT_API_KEY", settings.livekit_api_key),
+            ("LIVEKIT_API_SECRET", settings.livekit_api_secret.get_secret_value()),
+        )
+        if not value
+    ]
+    if missing:
+        raise StartupError(
+            f"`{command}` needs a LiveKit server: set {', '.join(missing)} "
+            "(environment or .env; see README, 'Running against a LiveKit server')"
+        )
+    url = urlparse(settings.livekit_url)
+    if url.scheme not in ("ws", "wss", "http", "https") or not url.hostname:
+        raise StartupError(
+            f"LIVEKIT_URL must look like ws://host:7880, got {settings.livekit_url!r}"
+        )
+    port = url.port or (443 if url.scheme in ("wss", "https") else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=3.0):
+            pass
+    except OSError as exc:
+        raise StartupError(
+            f"cannot reach the LiveKit server at {url.hostname}:{port} ({exc.strerror or exc}); "
+            "is it running? (see README, 'Running against a LiveKit server')"
+        ) from exc
+
+
+def check_audio_devices(*, text_mode: bool) -> None:
+    """Raises StartupError when the console cannot open a microphone and a speaker."""
+    try:
+        import sounddevice as sd
+    except OSError as exc:
+        raise StartupError(
+            "PortAudio library not found: install it with `sudo apt-get install libportaudio2` "
+            f"({exc})"
+        ) from exc
+    if text_mode:
+        return
+    try:
+        sd.query_devices(kind="input")
+        sd.query_devices(kind="output")
+    except (sd.PortAudioError, ValueError) as exc:
+        raise StartupError(
+            f"no audio device for the console ({exc}): plug in a headset or start PulseAudio; "
+            "without audio use `python agent.py console --text` or `python agent.py simulate`"
+        ) from exc
+
+
+def cut_recording(pcm: np.ndarray, start_s: float, end_s: float | None) -> np.ndarray:
+    duration_s = len(pcm) / CALLER_SAMPLE_RATE_HZ
+    end_s = duration_s if end_s is None else end_s
+    if not (0 <= start_s < end_s <= duration_s + 1e-6):
+        raise StartupError(
+            f"--start/--end must satisfy 0 <= start < end <= {duration_s:.2f} s "
+            f"(the recording's length), got {start_s} and {end_s}",
+            2,
+        )
+    return pcm[int(start_s * CALLER_SAMPLE_RATE_HZ) : int(end_s * CALLER_SAMPLE_RATE_HZ)]
+
+
+def run_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from agent.logs import configure_logging
+    from agent.pipeline import load_vad
+    from agent.simulate import SimulationOptions, simulate_call, write_agent_audio
+    from agent.wav_io import CallerAudioError, load_caller_audio
+
+    configure_logging(settings.log_level if settings.log_level != "INFO" else "WARNING", "text")
+    try:
+        pcm = load_caller_audio(args.input)
+    except CallerAudioError as exc:
+        raise StartupError(str(exc)) from exc
+    pcm = cut_recording(pcm, args.start, args.end)
+    for target in (args.output, args.report):
+        if target is not None and target.exists() and target.is_dir():
+            raise StartupError(f"output path is a directory: {target}")
+
+    options = SimulationOptions(realtime=not args.fast, greeting=not args.no_greeting)
+    report, agent_pcm = asyncio.run(
+        simulate_call(pcm, settings, load_vad(), options=options, input_name=str(args.input))
+    )
+    if args.output:
+        write_agent_audio(args.output, agent_pcm)
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(report.to_json())
+
+    for u in report.transcript:
+        when = f"{u.start_s:6.2f}s" if u.start_s is not None else "      -"
+        cut = " [interrupted]" if u.interrupted else ""
+        print(f"{when} {u.role:>6}: {u.text}{cut}")
+    for call in report.tool_calls:
+        print(f"  tool {call['name']}({call['arguments']})")
+    median = report.median_latency_s()
+    if median is not None:
+        print(
+            f"median end-of-speech -> first agent audio: {median:.2f} s "
+            f"over {len(report.turns)} turn(s)"
+        )
+    for err in report.errors:
+        print(f"  error: {err}")
+    return 0 if not report.errors else 1
+
+
+def sidecar_config(settings: Settings):  # type: ignore[no-untyped-def]
+    """The sidecar's configuration, from the one settings object."""
+    from billing.config import SidecarConfig
+
+    try:
+        return SidecarConfig(
+            database_url=settings.database_url,
+            redis_url=settings.redis_url,
+            service_token=settings.sidecar_service_token.get_secret_value(),
+            payment_webhook_secret=settings.payment_webhook_secret.get_secret_value(),
+            notify_webhook_url=settings.notify_webhook_url,
+            notify_webhook_secret=settings.notify_webhook_secret.get_secret_value() or None,
+            recordings_dir=settings.data_dir / "recordings",
+        )
+    except ValueError as exc:
+        raise StartupError(
+            f"sidecar configuration: {exc} (settings: SIDECAR_SERVICE_TOKEN, "
+            "PAYMENT_WEBHOOK_SECRET, NOTIFY_WEBHOOK_URL, NOTIFY_WEBHOOK_SECRET)"
+        ) from exc
+
+
+def run_sidecar(args: argparse.Namespace, settings: Settings) -> int:
+    from agent.logs import configure_logging
+    from storage.migrate import upgrade
+
+    configure_logging(settings.log_level, settings.log_format)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    command = args.sidecar_command or "serve"
+    config = sidecar_config(settings) if command == "serve" else None
+    try:
+        upgrade(settings.database_url)
+    except Exception as exc:  # any driver error: the operator needs the URL and the cause
+        cause = getattr(exc, "orig", None) or exc
+        raise StartupError(f"cannot migrate the database at DATABASE_URL ({cause})") from exc
+    if command == "migrate":
+        print("database is up to date")
+        return 0
+    if command == "bootstrap":
+        return _bootstrap(args, settings)
+
+    import uvicorn
+
+    from billing.api.app import create_app
+
+    assert config is not None  # built above for "serve"
+    app = create_app(config)
+    # uvicorn handles SIGTERM: stops accepting, finishes in-flight requests, runs the
+    # app's shutdown (engine and Redis closed), then re-raises the signal to the handler
+    # it found; make that handler a clean exit, so a drained shutdown exits 0.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    uvicorn.run(
+        app,
+        host=settings.sidecar_host,
+        port=settings.sidecar_port,
+        log_config=None,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def _bootstrap(args: argparse.Namespace, settings: Settings) -> int:
+    from billing.bootstrap import create_organisation, ensure_default_plans
+    from storage.db import make_engine, session_scope
+
+    engine = make_engine(settings.database_url)
+    try:
+        with session_scope(engine) as session:
+            ensure_default_plans(session)
+            org, key = create_organisation(session, args.org, args.plan, args.admin_email)
+            org_id = org.id
+    except (LookupError, ValueError) as exc:
+        raise StartupError(str(exc)) from exc
+    finally:
+        engine.dispose()
+    print(f"organisation {org_id} created; admin API key (shown once): {key}")
+    return 0

@@ -1,0 +1,97 @@
+"""The one settings object: environment variables and an optional ``.env`` file.
+
+Defaults run a whole call on one machine with no keys and no servers. Setting a provider's
+key switches that stage to the cloud provider; base URLs are overridable (the tests point
+them at loopback servers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # LiveKit server (dev / start / connect)
+    livekit_url: str = ""
+    livekit_api_key: str = ""
+    livekit_api_secret: SecretStr = SecretStr("")
+    # empty: LiveKit dispatches every new room to this worker; set it for explicit dispatch
+    agent_name: str = ""
+    max_concurrent_calls: int = Field(default=10, ge=1)
+
+    # providers: "auto" picks the cloud provider when its key is set, else the local one
+    stt_provider: Literal["auto", "local", "deepgram"] = "auto"
+    llm_provider: Literal["auto", "local", "openai"] = "auto"
+    tts_provider: Literal["auto", "local", "elevenlabs", "openai"] = "auto"
+
+    deepgram_api_key: SecretStr = SecretStr("")
+    deepgram_base_url: str = "https://api.deepgram.com/v1/listen"
+    deepgram_model: str = "nova-3"
+
+    openai_api_key: SecretStr = SecretStr("")
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_model: str = "gpt-4.1-mini"
+    openai_tts_model: str = "gpt-4o-mini-tts"
+    openai_tts_voice: str = "alloy"
+
+    elevenlabs_api_key: SecretStr = SecretStr("")
+    elevenlabs_base_url: str = "https://api.elevenlabs.io/v1"
+    elevenlabs_voice_id: str = "EXAVITQu4vr4xnSDxMaL"
+    elevenlabs_model: str = "eleven_flash_v2_5"
+
+    # turn taking
+    min_endpointing_delay_s: float = Field(default=0.5, ge=0.0)
+    max_endpointing_delay_s: float = Field(default=3.0, ge=0.0)
+    # the caller cannot barge in during the first seconds of the agent's first reply while
+    # a browser's echo canceller adapts; 0 where there is no acoustic echo
+    aec_warmup_s: float = Field(default=3.0, ge=0.0)
+
+    # billing sidecar (python agent.py sidecar) and the worker's link to it
+    database_url: str = "sqlite:///data/voice_agent.db"
+    redis_url: str | None = None
+    """Counters, leases and rate limits; without it they live in the sidecar's process."""
+    sidecar_host: str = "127.0.0.1"
+    sidecar_port: int = Field(default=8700, ge=1, le=65535)
+    sidecar_url: str = ""
+    """Where the worker asks for admission and delivers billing events; empty = no quotas
+    and no billing (the one-machine default)."""
+    sidecar_service_token: SecretStr = SecretStr("")
+    """Shared secret the worker presents to the sidecar's /internal routes."""
+    payment_webhook_secret: SecretStr = SecretStr("")
+    notify_webhook_url: str | None = None
+    notify_webhook_secret: SecretStr = SecretStr("")
+    default_organisation_id: int | None = None
+    """Organisation billed for calls whose job metadata names none (single-tenant set-ups)."""
+    admission_fail_open: bool = True
+    """When the sidecar cannot be reached: admit the call (and bill it later through the
+    outbox) rather than turn callers away."""
+
+    data_dir: Path = Path("data")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    def resolved_stt(self) -> Literal["local", "deepgram"]:
+        if self.stt_provider == "auto":
+            return "deepgram" if self.deepgram_api_key.get_secret_value() else "local"
+        return self.stt_provider
+
+    def resolved_llm(self) -> Literal["local", "openai"]:
+        if self.llm_provider == "auto":
+            return "openai" if self.openai_api_key.get_secret_value() else "local"
+        return self.llm_provider
+
+    def resolved_tts(self) -> Literal["local", "elevenlabs", "openai"]:
+        if self.tts_provider == "auto":
+            return "elevenlabs" if self.elevenlabs_api_key.get_secret_value() else "local"
+        return self.tts_provider
+
+    def livekit_configured(self) -> bool:
+        return bool(
+            self.livekit_url and self.livekit_api_key and self.livekit_api_secret.get_secret_value()
+        )

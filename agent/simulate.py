@@ -1,0 +1,270 @@
+"""A whole call with no room and no sound card: a caller recording in, the agent's speech
+out, and a report of what was said, how fast, and what it used.
+
+This is the headless way to try the agent and the harness the tests and benchmarks use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+from livekit.agents import llm, vad
+from livekit.agents.utils import http_context
+from livekit.agents.voice import events
+
+from agent.metering import UsageTotals, usage_totals
+from agent.pipeline import build_session
+from agent.settings import Settings
+from agent.support_agent import GREETING, SupportAgent
+from agent.wav_io import CALLER_SAMPLE_RATE_HZ, CallerAudioInput, CapturedAudioOutput
+
+log = logging.getLogger("agent.simulate")
+
+
+@dataclass
+class Utterance:
+    role: str  # "caller" | "agent"
+    text: str
+    start_s: float | None
+    end_s: float | None
+    interrupted: bool = False
+
+
+@dataclass
+class TurnLatency:
+    caller_text: str
+    agent_text: str
+    end_of_speech_to_first_audio_s: float | None
+    end_of_utterance_delay_s: float | None
+    stt_delay_s: float | None
+    llm_first_token_s: float | None
+    tts_first_byte_s: float | None
+
+
+@dataclass
+class CallReport:
+    input: str
+    caller_audio_s: float
+    call_duration_s: float
+    stack: dict[str, str]
+    transcript: list[Utterance] = field(default_factory=list)
+    turns: list[TurnLatency] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    fallback_events: list[dict[str, Any]] = field(default_factory=list)
+    """Provider fallbacks during the call; empty until the pipeline has fallback chains."""
+    errors: list[str] = field(default_factory=list)
+    usage: UsageTotals = field(default_factory=UsageTotals)
+
+    def median_latency_s(self) -> float | None:
+        values = [
+            t.end_of_speech_to_first_audio_s
+            for t in self.turns
+            if t.end_of_speech_to_first_audio_s is not None
+        ]
+        return statistics.median(values) if values else None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+@dataclass
+class SimulationOptions:
+    realtime: bool = True
+    greeting: bool = True
+    quiet_after_s: float = 2.0
+    """The call ends once the caller's audio is over and nothing happened for this long."""
+    transcript_timeout_s: float = 8.0
+    """... or this long, when the caller's last speech has produced no transcript yet."""
+    max_tail_s: float = 30.0
+    """Upper bound on how long the call may go on after the caller's audio ends."""
+
+
+async def simulate_call(
+    caller_pcm: np.ndarray,
+    settings: Settings,
+    vad_model: vad.VAD,
+    *,
+    options: SimulationOptions | None = None,
+    input_name: str = "caller",
+) -> tuple[CallReport, np.ndarray]:
+    """Run one call; returns the report and the agent's audio (16-bit mono, 24 kHz),
+    placed on the call's timeline."""
+    opts = options or SimulationOptions()
+    caller = CallerAudioInput(caller_pcm, realtime=opts.realtime)
+    speaker = CapturedAudioOutput()
+    collector = _EventCollector()
+    activity = _ActivityTracker()
+
+    async with http_context.open():
+        # a recording has no acoustic echo: no echo-canceller warm-up to wait for
+        session = build_session(settings.model_copy(update={"aec_warmup_s": 0.0}), vad_model)
+        session.input.audio = caller
+        session.output.audio = speaker
+        collector.attach(session)
+        activity.attach(session)
+        t0 = time.time()
+        await session.start(SupportAgent(), record=False)
+        try:
+            if opts.greeting:
+                await session.say(GREETING).wait_for_playout()
+            caller.play()
+            caller_audio_s = len(caller_pcm) / CALLER_SAMPLE_RATE_HZ
+            await asyncio.wait_for(caller.done.wait(), timeout=caller_audio_s * 2 + 10)
+            await _wait_until_quiet(session, activity, opts)
+        finally:
+            caller.close()
+            await session.aclose()
+            # the session does not own its models: close their connections here
+            for model in (session.stt, session.llm, session.tts):
+                if model is not None:
+                    await model.aclose()
+        stack = {
+            "stt": session.stt.label if session.stt else "",
+            "llm": session.llm.label if session.llm else "",
+            "tts": session.tts.label if session.tts else "",
+        }
+        usage = session.usage
+
+    report = CallReport(
+        input=input_name,
+        caller_audio_s=round(caller_audio_s, 3),
+        call_duration_s=round(time.time() - t0, 3),
+        stack=stack,
+    )
+    collector.fill(report, t0)
+    report.usage = usage_totals(usage)
+    return report, speaker.render(t0)
+
+
+async def _wait_until_quiet(
+    session: Any, activity: _ActivityTracker, opts: SimulationOptions
+) -> None:
+    deadline = time.monotonic() + opts.max_tail_s
+    while time.monotonic() < deadline:
+        busy = session.user_state == "speaking" or session.agent_state in ("thinking", "speaking")
+        idle_s = time.monotonic() - activity.last_activity
+        # speech whose transcript has not arrived yet may still start a reply
+        needed_s = opts.transcript_timeout_s if activity.awaiting_transcript else opts.quiet_after_s
+        if not busy and idle_s >= needed_s:
+            return
+        await asyncio.sleep(0.05)
+    log.warning("call still busy %.0f s after the caller's audio ended", opts.max_tail_s)
+
+
+class _ActivityTracker:
+    """When anything last happened in the session, and whether caller speech is still
+    waiting for its transcript."""
+
+    def __init__(self) -> None:
+        self.last_activity = time.monotonic()
+        self.awaiting_transcript = False
+
+    def attach(self, session: Any) -> None:
+        # not usage updates: streaming STT reports usage every few seconds of audio, even
+        # of silence
+        session.on("agent_state_changed", self._touch)
+        session.on("conversation_item_added", self._touch)
+        session.on("user_state_changed", self._on_user_state)
+        session.on("user_input_transcribed", self._on_transcript)
+
+    def _touch(self, _ev: object = None) -> None:
+        self.last_activity = time.monotonic()
+
+    def _on_user_state(self, ev: events.UserStateChangedEvent) -> None:
+        self._touch()
+        # set when speech starts: its final transcript may arrive before or after the
+        # VAD reports the end of speech
+        if ev.new_state == "speaking":
+            self.awaiting_transcript = True
+
+    def _on_transcript(self, ev: events.UserInputTranscribedEvent) -> None:
+        self._touch()
+        if ev.is_final:
+            self.awaiting_transcript = False
+
+
+class _EventCollector:
+    """Listens to the session's events; turns them into the report's sections."""
+
+    def __init__(self) -> None:
+        self.messages: list[llm.ChatMessage] = []
+        self.tool_calls: list[dict[str, Any]] = []
+        self.errors: list[str] = []
+
+    def attach(self, session: Any) -> None:
+        session.on("conversation_item_added", self._on_item)
+        session.on("function_tools_executed", self._on_tools)
+        session.on("error", self._on_error)
+
+    def _on_item(self, ev: events.ConversationItemAddedEvent) -> None:
+        if isinstance(ev.item, llm.ChatMessage) and ev.item.role in ("user", "assistant"):
+            self.messages.append(ev.item)
+
+    def _on_tools(self, ev: events.FunctionToolsExecutedEvent) -> None:
+        for call, output in ev.zipped():
+            self.tool_calls.append(
+                {
+                    "name": call.name,
+                    "arguments": json.loads(call.arguments or "{}"),
+                    "output": output.output if output else None,
+                    "is_error": output.is_error if output else None,
+                }
+            )
+
+    def _on_error(self, ev: events.ErrorEvent) -> None:
+        self.errors.append(f"{type(ev.error).__name__}: {ev.error}")
+
+    def fill(self, report: CallReport, t0: float) -> None:
+        def rel(t: float | None) -> float | None:
+            return round(t - t0, 3) if t is not None else None
+
+        def r(v: float | None) -> float | None:
+            return round(v, 3) if v is not None else None
+
+        last_user: llm.ChatMessage | None = None
+        for msg in self.messages:
+            m = msg.metrics or {}
+            role = "caller" if msg.role == "user" else "agent"
+            report.transcript.append(
+                Utterance(
+                    role=role,
+                    text=msg.text_content or "",
+                    start_s=rel(m.get("started_speaking_at")),
+                    end_s=rel(m.get("stopped_speaking_at")),
+                    interrupted=bool(msg.interrupted),
+                )
+            )
+            if msg.role == "user":
+                last_user = msg
+                continue
+            if last_user is None:
+                continue  # the greeting answers nobody
+            um = last_user.metrics or {}
+            report.turns.append(
+                TurnLatency(
+                    caller_text=last_user.text_content or "",
+                    agent_text=msg.text_content or "",
+                    end_of_speech_to_first_audio_s=r(m.get("e2e_latency")),
+                    end_of_utterance_delay_s=r(um.get("end_of_turn_delay")),
+                    stt_delay_s=r(um.get("transcription_delay")),
+                    llm_first_token_s=r(m.get("llm_node_ttft")),
+                    tts_first_byte_s=r(m.get("tts_node_ttfb")),
+                )
+            )
+            last_user = None
+        report.tool_calls = self.tool_calls
+        report.errors = self.errors
+
+
+def write_agent_audio(path: Path, pcm: np.ndarray, sample_rate_hz: int = 24_000) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), pcm, sample_rate_hz, subtype="PCM_16")

@@ -1,0 +1,223 @@
+"""Response latency of the whole embedded stack on real caller turns.
+
+Every ``sample.stm`` turn is cut out (0.3 s padding each side) and played, paced in real
+time, as its own call through :func:`agent.simulate.simulate_call` (no greeting). Each
+call's :class:`~agent.simulate.TurnLatency` records are pooled; the report gives median
+and P90 of every stage, how many turns got a spoken reply, and the median divided by a
+CPU baseline measured in the same run (Whisper on ``jfk.flac``), because this 2-core
+machine is shared and absolute seconds drift from run to run.
+
+Run from the repository root: ``python -m bench.latency [--turns N]``. Prints Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agent.pipeline import load_vad
+from agent.settings import Settings
+from agent.simulate import CallReport, SimulationOptions, TurnLatency, simulate_call
+from bench.corpus import (
+    CorpusTurn,
+    cut_turn,
+    int16_to_float32,
+    load_jfk,
+    load_sample_audio,
+    load_stm,
+)
+
+TURN_PAD_S = 0.3
+# max_tail_s (default 30 s) only bounds a call that never goes quiet, so one stuck call
+# cannot stretch the run; 20 s covers STT + the longest reply (~9 s of speech) + 1.5 s.
+OPTIONS = SimulationOptions(realtime=True, greeting=False, quiet_after_s=1.5, max_tail_s=20.0)
+
+# (column header, TurnLatency attribute), in pipeline order
+METRICS: list[tuple[str, str]] = [
+    ("end of speech -> first audio (e2e)", "end_of_speech_to_first_audio_s"),
+    ("end-of-utterance delay", "end_of_utterance_delay_s"),
+    ("STT delay", "stt_delay_s"),
+    ("LLM first token", "llm_first_token_s"),
+    ("TTS first byte", "tts_first_byte_s"),
+]
+
+
+@dataclass
+class CallResult:
+    """One STM turn played as one call."""
+
+    turn: CorpusTurn
+    report: CallReport
+    caller_heard: str
+    """Every caller utterance the agent's STT produced, joined."""
+    agent_said: str
+    """Every agent utterance, joined."""
+
+
+BASELINE_RUNS = 3
+"""Baseline repetitions before and after the calls; one run alone swung 0.6-1.6 s here."""
+
+
+@dataclass
+class Baseline:
+    """Wall times of a fixed CPU workload: Whisper tiny.en transcribing jfk.flac once."""
+
+    runs_s: list[float] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        """The median run: robust to one run that a neighbour's burst slowed down."""
+        return statistics.median(self.runs_s)
+
+
+def measure_baseline() -> float:
+    """Seconds to transcribe jfk.flac with the agent's Whisper (model already loaded)."""
+    from plugins.local_stt import WhisperSTT
+
+    pcm, _ = load_jfk()
+    audio = int16_to_float32(pcm)
+    stt = WhisperSTT()
+    t = time.perf_counter()
+    stt.transcribe(audio)
+    return time.perf_counter() - t
+
+
+def warm_up() -> None:
+    """Load the models and run each once, so the first measured turn does not pay for it
+    (Whisper loads lazily on its first utterance, and ONNX sessions are slow on their
+    first run)."""
+    from plugins.local_stt import WhisperSTT
+    from plugins.local_tts import PiperTTS
+
+    stt = WhisperSTT()
+    stt.prewarm()
+    stt.transcribe(np.zeros(16_000, dtype=np.float32))
+    PiperTTS().render_pcm("Hello, how can I help?")
+
+
+def local_settings() -> Settings:
+    """Default settings pinned to the embedded stack: a stray key in the environment or
+    ``.env`` would otherwise send a stage to a cloud provider we cannot reach here."""
+    return Settings(stt_provider="local", llm_provider="local", tts_provider="local")
+
+
+async def run_calls(turns: Sequence[CorpusTurn], pcm: np.ndarray) -> list[CallResult]:
+    """Each turn as its own call, one after another (calls in parallel would compete for
+    the two cores and measure contention instead)."""
+    settings = local_settings()
+    vad_model = load_vad()
+    results: list[CallResult] = []
+    for i, turn in enumerate(turns, start=1):
+        caller = cut_turn(pcm, turn, pad_s=TURN_PAD_S)
+        report, _audio = await simulate_call(
+            caller, settings, vad_model, options=OPTIONS, input_name=f"turn {i}"
+        )
+        heard = " ".join(u.text for u in report.transcript if u.role == "caller").strip()
+        said = " ".join(u.text for u in report.transcript if u.role == "agent").strip()
+        results.append(CallResult(turn, report, heard, said))
+        print(f"call {i}/{len(turns)} done in {report.call_duration_s:.1f} s", file=sys.stderr)
+    return results
+
+
+def _values(turns: Sequence[TurnLatency], attr: str) -> list[float]:
+    return [v for t in turns if (v := getattr(t, attr)) is not None]
+
+
+def _s(v: float | None) -> str:
+    return "—" if v is None else f"{v:.3f}"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ") or "*(empty)*"
+
+
+def render(results: Sequence[CallResult], baseline: Baseline, wall_s: float) -> str:
+    """Markdown: summary per stage, reply counts, baseline, then one row per call."""
+    latencies = [t for r in results for t in r.report.turns]
+    answered = [t for t in latencies if t.end_of_speech_to_first_audio_s is not None]
+    no_reply_calls = [r for r in results if not r.report.turns]
+    unheard_calls = [r for r in results if not r.caller_heard]
+    errors = [e for r in results for e in r.report.errors]
+    stacks = {tuple(sorted(r.report.stack.items())) for r in results}
+
+    lines = [
+        f"| stage (s) | n | median | P90 | median / baseline ({baseline.seconds:.3f} s) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for header, attr in METRICS:
+        vals = _values(latencies, attr)
+        if vals:
+            med = statistics.median(vals)
+            p90 = float(np.percentile(vals, 90))
+            lines.append(
+                f"| {header} | {len(vals)} | {med:.3f} | {p90:.3f} | {med / baseline.seconds:.2f} |"
+            )
+        else:
+            lines.append(f"| {header} | 0 | — | — | — |")
+    lines += [
+        "",
+        f"- calls (STM turns): {len(results)}; agent turns recorded: {len(latencies)}; "
+        f"with a measured reply (e2e not None): {len(answered)}; "
+        f"agent turns without e2e: {len(latencies) - len(answered)}",
+        f"- calls with no agent reply: {len(no_reply_calls)} "
+        f"(of which the STT heard nothing: "
+        f"{sum(1 for r in no_reply_calls if not r.caller_heard)}); "
+        f"calls where the STT heard nothing: {len(unheard_calls)}",
+        "- baseline (Whisper tiny.en on jfk.flac, 11 s audio) runs: "
+        + ", ".join(f"{s:.3f} s" for s in baseline.runs_s)
+        + f" ({BASELINE_RUNS} before, {BASELINE_RUNS} after the calls); ratios use the median",
+        f"- stack: {', '.join(f'{k}={v}' for k, v in sorted(stacks)[0]) if stacks else '—'}",
+        f"- session errors: {len(errors)}" + (f" (first: {_cell(errors[0])})" if errors else ""),
+        f"- wall time {wall_s:.1f} s",
+        "",
+        "| # | speaker | reference (STM) | caller text (STT) | agent reply | e2e | EOU | STT "
+        "| LLM | TTS |",
+        "|---:|---|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for i, r in enumerate(results, start=1):
+        first = r.report.turns[0] if r.report.turns else None
+        extra = f" (+{len(r.report.turns) - 1} more turns)" if len(r.report.turns) > 1 else ""
+        nums = " | ".join(_s(getattr(first, a) if first else None) for _, a in METRICS)
+        lines.append(
+            f"| {i} | {r.turn.speaker} | {_cell(r.turn.text)} | {_cell(r.caller_heard)} "
+            f"| {_cell(r.agent_said)}{extra} | {nums} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--turns", type=int, default=None, metavar="N", help="only the first N STM turns"
+    )
+    args = parser.parse_args(argv)
+    if args.turns is not None and args.turns < 1:
+        parser.error("--turns must be >= 1")
+
+    # the session logs at INFO per call; the tables are the output
+    logging.basicConfig(level=logging.WARNING)
+    wall = time.perf_counter()
+    turns = load_stm()[: args.turns]
+    pcm = load_sample_audio()
+
+    warm_up()
+    baseline = Baseline()
+    # before and after: the machine's load can change during the few minutes of calls
+    baseline.runs_s += [measure_baseline() for _ in range(BASELINE_RUNS)]
+    results = asyncio.run(run_calls(turns, pcm))
+    baseline.runs_s += [measure_baseline() for _ in range(BASELINE_RUNS)]
+
+    print(render(results, baseline, time.perf_counter() - wall))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

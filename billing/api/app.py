@@ -1,0 +1,97 @@
+"""The sidecar's HTTP application: routers, middleware, error handlers and lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+from fastapi import FastAPI
+from sqlalchemy import Engine
+
+from billing.api.errors import install_error_handlers
+from billing.api.middleware import (
+    BodySizeLimitMiddleware,
+    RateLimitMiddleware,
+    RequestMetricsMiddleware,
+    SecurityHeadersMiddleware,
+)
+from billing.api.resources import attach_resources, build_resources
+from billing.api.routes import (
+    admissions,
+    agents,
+    audit_log,
+    balance,
+    billing_events,
+    calls,
+    health,
+    keys,
+    metrics,
+    notifications,
+    organisation,
+    payments,
+    recordings,
+    usage,
+    users,
+    workers,
+)
+from billing.config import SidecarConfig
+
+logger = logging.getLogger(__name__)
+
+ROUTERS = (
+    organisation.router,
+    users.router,
+    keys.router,
+    agents.router,
+    calls.router,
+    usage.router,
+    balance.router,
+    audit_log.router,
+    notifications.router,
+    recordings.router,
+    payments.router,
+    admissions.router,
+    billing_events.router,
+    workers.router,
+    health.router,
+    metrics.router,
+)
+
+
+def create_app(config: SidecarConfig, *, engine: Engine | None = None) -> FastAPI:
+    """The sidecar app for ``config``. ``engine`` replaces the one ``config.database_url``
+    would make; either way the app disposes it on shutdown, with its Redis client.
+
+    Nothing connects until the first request, so creating an app never fails for a
+    database or Redis that is down (``/health`` says so instead).
+    """
+    resources = build_resources(config, engine=engine)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        logger.info("sidecar shutting down")
+        # blocking: waits briefly for notifications in flight, closes pools
+        await anyio.to_thread.run_sync(resources.close)
+
+    app = FastAPI(
+        title="Voice agent sidecar",
+        summary="Quotas, billing, API keys and recordings for the voice agent.",
+        version="1",
+        lifespan=lifespan,
+        redoc_url=None,
+    )
+    attach_resources(app, resources)
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    # the last added runs first: metrics see every response (429s and 413s included),
+    # security headers go on every response, then rate limits and the body limit before
+    # any route work
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(RateLimitMiddleware, limits=resources.rate_limits, config=config)
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(RequestMetricsMiddleware, metrics=resources.metrics)
+    return app

@@ -1,0 +1,90 @@
+"""``/internal/admissions``: call leases for workers (service token only).
+
+Admission fails closed: when the database or Redis cannot be reached the answer is 503
+(the error handlers), never an admission nobody counted.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from billing.admission import AdmissionRequest
+from billing.api.deps import Resources, ServiceCaller
+from billing.api.errors import ErrorBody, NotFound
+
+router = APIRouter(
+    prefix="/internal/admissions",
+    tags=["internal"],
+    dependencies=[ServiceCaller],
+    responses={401: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+)
+
+LeaseId = Annotated[str, Path(min_length=1, max_length=64)]
+
+
+class AdmissionIn(BaseModel):
+    call_id: str = Field(min_length=1, max_length=64)
+    agent_id: int | None = Field(default=None, ge=1)
+    dialled_number: str | None = Field(default=None, max_length=32)
+    organisation_id: int | None = Field(default=None, ge=1)
+
+
+class AdmissionOut(BaseModel):
+    admitted: bool
+    lease_id: str | None
+    reason: str | None
+    message: str
+    """What to tell the caller when refused."""
+
+
+class LeaseOut(BaseModel):
+    lease_id: str
+    ttl_s: float
+
+
+@router.post(
+    "",
+    response_model=AdmissionOut,
+    responses={409: {"model": AdmissionOut, "description": "refused; see reason"}},
+    summary="Admit a call (take its lease)",
+)
+def admit(body: AdmissionIn, resources: Resources) -> AdmissionOut | JSONResponse:
+    """200 with a ``lease_id`` to heartbeat, or 409 with ``reason`` and ``message``."""
+    decision = resources.admissions.admit(AdmissionRequest(**body.model_dump()))
+    out = AdmissionOut(
+        admitted=decision.admitted,
+        lease_id=decision.lease_id,
+        reason=decision.reason,
+        message=decision.message,
+    )
+    if decision.admitted and decision.lease_id is not None:
+        resources.metrics.leases.granted(decision.lease_id)
+        return out
+    resources.metrics.quota_rejections.labels(decision.reason or "unknown").inc()
+    return JSONResponse(out.model_dump(), status_code=409)
+
+
+@router.post(
+    "/{lease_id}/heartbeat",
+    response_model=LeaseOut,
+    responses={404: {"model": ErrorBody, "description": "the lease expired or never existed"}},
+    summary="Keep a call's lease",
+)
+def heartbeat(lease_id: LeaseId, resources: Resources) -> LeaseOut:
+    if not resources.admissions.heartbeat(lease_id):
+        resources.metrics.leases.gone(lease_id)
+        raise NotFound("lease expired or unknown; admit the call again")
+    resources.metrics.leases.granted(lease_id)
+    return LeaseOut(lease_id=lease_id, ttl_s=resources.admissions.lease_ttl_s)
+
+
+@router.delete("/{lease_id}", status_code=204, summary="Release a call's lease")
+def release(lease_id: LeaseId, resources: Resources) -> Response:
+    """Idempotent: releasing an unknown or expired lease is a 204 too."""
+    resources.admissions.release(lease_id)
+    resources.metrics.leases.gone(lease_id)
+    return Response(status_code=204)

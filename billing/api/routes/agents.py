@@ -1,0 +1,214 @@
+"""``/v1/agents``: voice agents. Admins manage all of the organisation's agents and alone
+assign tools, phone numbers and owners; agent users create and edit their own (and see
+only those); viewers read them all."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
+from pydantic import BaseModel, Field
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
+
+from billing.admission import QuotaExceeded, check_can_create_agent
+from billing.api.audit_trail import audit
+from billing.api.deps import AgentEditor, AnyMember, DbSession, Principal, Resources
+from billing.api.errors import COMMON_RESPONSES, CONFLICT, NOT_FOUND, Conflict, Forbidden, NotFound
+from storage.models import Agent, Call, Role, User
+
+router = APIRouter(prefix="/v1/agents", tags=["agents"], responses=COMMON_RESPONSES)
+
+AgentId = Annotated[int, Path(ge=1)]
+ToolName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+PhoneNumber = Annotated[str, Field(pattern=r"^\+[1-9][0-9]{6,14}$", description="E.164")]
+
+_ADMIN_ONLY_FIELDS = frozenset(
+    {"tools", "phone_number", "max_concurrent_calls_per_number", "owner_user_id"}
+)
+
+
+class AgentOut(BaseModel):
+    id: int
+    owner_user_id: int
+    name: str
+    instructions: str
+    tools: list[str]
+    phone_number: str | None
+    max_concurrent_calls_per_number: int | None
+    created_at: datetime
+
+
+class AgentCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    instructions: str = Field(default="", max_length=20_000)
+    tools: list[ToolName] = Field(default_factory=list, max_length=100)
+    phone_number: PhoneNumber | None = None
+    max_concurrent_calls_per_number: int | None = Field(default=None, ge=1)
+    owner_user_id: int | None = Field(default=None, ge=1, description="Defaults to you.")
+
+
+class AgentPatch(BaseModel):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    instructions: str | None = Field(default=None, max_length=20_000)
+    tools: list[ToolName] | None = Field(default=None, max_length=100)
+    phone_number: PhoneNumber | None = None
+    max_concurrent_calls_per_number: int | None = Field(default=None, ge=1)
+    owner_user_id: int | None = Field(default=None, ge=1)
+
+
+@router.get("", response_model=list[AgentOut], summary="List agents")
+def list_agents(principal: AnyMember, session: DbSession) -> list[AgentOut]:
+    agents = session.exec(_visible_agents(principal).order_by(col(Agent.id))).all()
+    return [_out(agent) for agent in agents]
+
+
+@router.post(
+    "",
+    response_model=AgentOut,
+    status_code=201,
+    responses={**CONFLICT, 403: {"description": "an agent user set an admin-only field"}},
+    summary="Create an agent",
+)
+def create_agent(
+    body: AgentCreate, principal: AgentEditor, session: DbSession, resources: Resources
+) -> AgentOut:
+    """409 with ``reason`` when the plan's agent quota is used up, or the phone number is
+    another agent's."""
+    _check_admin_only_fields(principal, body.model_fields_set)
+    owner_id = body.owner_user_id or principal.user_id
+    _check_owner(session, principal, owner_id)
+    try:
+        # in this transaction, so the count it checks is the one the insert commits to
+        check_can_create_agent(session, principal.organisation_id)
+    except QuotaExceeded as exc:
+        resources.metrics.quota_rejections.labels(exc.reason).inc()
+        raise Conflict(exc.message, reason=exc.reason) from None
+    agent = Agent(
+        organisation_id=principal.organisation_id,
+        owner_user_id=owner_id,
+        name=body.name,
+        instructions=body.instructions,
+        tools=json.dumps(body.tools),
+        phone_number=body.phone_number,
+        max_concurrent_calls_per_number=body.max_concurrent_calls_per_number,
+    )
+    session.add(agent)
+    _flush_or_conflict(session)
+    audit(session, principal, "agent.created", f"agent:{agent.id}", owner_user_id=owner_id)
+    session.commit()
+    session.refresh(agent)
+    return _out(agent)
+
+
+@router.get("/{agent_id}", response_model=AgentOut, responses=NOT_FOUND, summary="Get an agent")
+def get_agent(agent_id: AgentId, principal: AnyMember, session: DbSession) -> AgentOut:
+    return _out(_get_agent(session, principal, agent_id))
+
+
+@router.patch(
+    "/{agent_id}",
+    response_model=AgentOut,
+    responses={**NOT_FOUND, **CONFLICT},
+    summary="Change an agent",
+)
+def patch_agent(
+    agent_id: AgentId, body: AgentPatch, principal: AgentEditor, session: DbSession
+) -> AgentOut:
+    """Changes the fields present in the body; ``phone_number: null`` unassigns it."""
+    changed = body.model_fields_set
+    _check_admin_only_fields(principal, changed)
+    agent = _get_agent(session, principal, agent_id)
+    for field in ("name", "instructions"):
+        if field in changed and getattr(body, field) is not None:
+            setattr(agent, field, getattr(body, field))
+    if "tools" in changed:
+        agent.tools = json.dumps(body.tools or [])
+    if "phone_number" in changed:
+        agent.phone_number = body.phone_number
+    if "max_concurrent_calls_per_number" in changed:
+        agent.max_concurrent_calls_per_number = body.max_concurrent_calls_per_number
+    if "owner_user_id" in changed and body.owner_user_id is not None:
+        _check_owner(session, principal, body.owner_user_id)
+        agent.owner_user_id = body.owner_user_id
+    session.add(agent)
+    _flush_or_conflict(session)
+    # the names of the changed fields only: values may hold phone numbers
+    audit(session, principal, "agent.changed", f"agent:{agent.id}", fields=sorted(changed))
+    session.commit()
+    session.refresh(agent)
+    return _out(agent)
+
+
+@router.delete("/{agent_id}", status_code=204, responses=NOT_FOUND, summary="Delete an agent")
+def delete_agent(agent_id: AgentId, principal: AgentEditor, session: DbSession) -> Response:
+    """The agent's calls stay (they are billing history), no longer linked to an agent."""
+    agent = _get_agent(session, principal, agent_id)
+    session.exec(update(Call).where(col(Call.agent_id) == agent.id).values(agent_id=None))
+    audit(session, principal, "agent.deleted", f"agent:{agent.id}", name=agent.name)
+    session.delete(agent)
+    session.commit()
+    return Response(status_code=204)
+
+
+def _visible_agents(principal: Principal) -> SelectOfScalar[Agent]:
+    query = select(Agent).where(Agent.organisation_id == principal.organisation_id)
+    if principal.role == Role.agent:
+        query = query.where(Agent.owner_user_id == principal.user_id)
+    return query
+
+
+def _get_agent(session: Session, principal: Principal, agent_id: int) -> Agent:
+    agent = session.exec(_visible_agents(principal).where(Agent.id == agent_id)).first()
+    if agent is None:
+        raise NotFound(f"agent {agent_id} not found")
+    return agent
+
+
+def _check_admin_only_fields(principal: Principal, fields: set[str]) -> None:
+    # tools are *assigned* to agent users, and numbers and owners are the organisation's
+    forbidden = sorted(_ADMIN_ONLY_FIELDS & fields)
+    if forbidden and not principal.is_admin:
+        raise Forbidden(f"only admins may set {', '.join(forbidden)}")
+
+
+def _check_owner(session: Session, principal: Principal, owner_id: int) -> None:
+    owner = session.exec(
+        select(User.id).where(
+            User.id == owner_id, User.organisation_id == principal.organisation_id
+        )
+    ).first()
+    if owner is None:
+        raise NotFound(f"user {owner_id} not found")
+
+
+def _flush_or_conflict(session: Session) -> None:
+    try:
+        session.flush()
+    except IntegrityError:
+        # phone_number is the only unique column a client sets
+        raise Conflict(
+            "the phone number is assigned to another agent", reason="phone_number_taken"
+        ) from None
+
+
+def _out(agent: Agent) -> AgentOut:
+    assert agent.id is not None
+    try:
+        tools = json.loads(agent.tools)
+    except ValueError:
+        tools = []
+    return AgentOut(
+        id=agent.id,
+        owner_user_id=agent.owner_user_id,
+        name=agent.name,
+        instructions=agent.instructions,
+        tools=[str(t) for t in tools] if isinstance(tools, list) else [],
+        phone_number=agent.phone_number,
+        max_concurrent_calls_per_number=agent.max_concurrent_calls_per_number,
+        created_at=agent.created_at,
+    )

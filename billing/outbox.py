@@ -1,0 +1,302 @@
+"""The worker's billing outbox: usage events are written to a local SQLite file first and
+delivered to the sidecar afterwards, so a sidecar or database outage loses nothing.
+
+Delivery is at least once: an event stays pending until the sidecar has answered 2xx for
+it, and the sidecar applies each ``idempotency_key`` once (``billing.ledger``), so a batch
+re-sent after a lost answer bills nothing twice. The file is shared by every process of a
+worker (each LiveKit job runs in its own process and writes its own events; one sender
+thread delivers them): SQLite's file locks make that safe, and ``BEGIN IMMEDIATE`` keeps
+two writers from deadlocking.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import httpx
+
+from billing.pricing import EventDraft
+from storage.models import UsageKind
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE_S = 1.0
+BACKOFF_MAX_S = 60.0
+DELIVERED_RETENTION_S = 7 * 24 * 3600.0
+"""Delivered keys are kept this long so a late duplicate ``add`` is still ignored."""
+EVENTS_PATH = "/internal/billing-events"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    idempotency_key TEXT NOT NULL UNIQUE,
+    payload TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    delivered_at REAL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (delivered_at, next_attempt_at);
+"""
+
+
+_Outcome = Literal["delivered", "retry", "refused"]
+
+
+def backoff_s(attempts: int) -> float:
+    """Wait before the next try after ``attempts`` failed ones: 1, 2, 4, 8 ... 60 s."""
+    return min(BACKOFF_BASE_S * 2 ** min(max(attempts - 1, 0), 16), BACKOFF_MAX_S)
+
+
+class Outbox:
+    """Billing events waiting for delivery, in their own SQLite file (WAL).
+
+    Safe to share between threads (one connection behind a lock) and between processes
+    (each opens its own :class:`Outbox` on the same path). ``clock`` gives unix seconds;
+    it is wall time because due times outlive the process.
+    """
+
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._clock = clock
+        self._lock = threading.Lock()
+        # autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE
+        self._db = sqlite3.connect(
+            self.path, timeout=30, isolation_level=None, check_same_thread=False
+        )
+        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk when it returns, so an added event survives a power cut
+        self._db.execute("PRAGMA synchronous=FULL")
+        with self._transaction() as db:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+
+    def add(self, drafts: Sequence[EventDraft]) -> int:
+        """Store ``drafts`` for delivery; returns how many were new. Durable on return
+        (committed and synced). A key already in the outbox, pending or delivered in the
+        last :data:`DELIVERED_RETENTION_S`, is ignored."""
+        now = self._clock()
+        rows = [(d.idempotency_key, _encode(d), now, now) for d in drafts]
+        with self._transaction() as db:
+            before = db.total_changes
+            db.executemany(
+                "INSERT OR IGNORE INTO outbox"
+                " (idempotency_key, payload, next_attempt_at, created_at) VALUES (?, ?, ?, ?)",
+                rows,
+            )
+            added = db.total_changes - before
+        if added:
+            log.debug("billing events queued", extra={"added": added, "offered": len(rows)})
+        return added
+
+    def due(self, limit: int = 100, *, now: float | None = None) -> list[EventDraft]:
+        """Up to ``limit`` pending events whose next attempt is due, oldest due first."""
+        at = self._clock() if now is None else now
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT payload FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at, rowid LIMIT ?",
+                (at, limit),
+            ).fetchall()
+        return [_decode(payload) for (payload,) in rows]
+
+    def mark_delivered(self, keys: Sequence[str]) -> None:
+        """Record that the sidecar accepted ``keys``; they are never offered again. Drops
+        delivered rows older than :data:`DELIVERED_RETENTION_S`."""
+        now = self._clock()
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE outbox SET delivered_at = ? WHERE idempotency_key = ?"
+                " AND delivered_at IS NULL",
+                [(now, key) for key in keys],
+            )
+            db.execute("DELETE FROM outbox WHERE delivered_at < ?", (now - DELIVERED_RETENTION_S,))
+
+    def mark_failed(self, keys: Sequence[str], *, now: float | None = None) -> None:
+        """Count a failed attempt for each of ``keys`` and put its next one off by
+        :func:`backoff_s` (1, 2, 4, 8 ... capped at 60 s after ``now``)."""
+        at = self._clock() if now is None else now
+        with self._transaction() as db:
+            for key in keys:
+                row = db.execute(
+                    "SELECT attempts FROM outbox WHERE idempotency_key = ?"
+                    " AND delivered_at IS NULL",
+                    (key,),
+                ).fetchone()
+                if row is None:
+                    continue
+                attempts = row[0] + 1
+                db.execute(
+                    "UPDATE outbox SET attempts = ?, next_attempt_at = ? WHERE idempotency_key = ?",
+                    (attempts, at + backoff_s(attempts), key),
+                )
+
+    def pending_count(self) -> int:
+        """How many events are not delivered yet, due or not."""
+        with self._lock:
+            (count,) = self._db.execute(
+                "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL"
+            ).fetchone()
+        return int(count)
+
+    def attempts(self, key: str) -> int | None:
+        """Failed attempts so far for ``key`` (None if unknown): for operators and tests."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT attempts FROM outbox WHERE idempotency_key = ?", (key,)
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    def close(self) -> None:
+        """Close the file; the outbox must not be used afterwards."""
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+
+class OutboxSender:
+    """Delivers an :class:`Outbox` to the sidecar's ``POST /internal/billing-events``.
+
+    Answers and what they do to a batch:
+
+    - 2xx: delivered (the sidecar has applied or already had every event);
+    - network error, timeout, 5xx, 408 or 429: failed, retried with backoff;
+    - 401 or 403: the service token is wrong for every event: failed, retried with
+      backoff, logged as an error so an operator fixes the token;
+    - any other 4xx (the sidecar refuses the batch's contents): the batch is split and
+      each event sent alone, so one bad event cannot hold the others back. An event the
+      sidecar refuses on its own is kept (never dropped: it is money) and retried with
+      backoff, capped at 60 s, with an error logged on each refusal.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        sidecar_url: str,
+        service_token: str,
+        *,
+        http: httpx.Client | None = None,
+        batch_size: int = 100,
+        timeout_s: float = 10.0,
+    ) -> None:
+        if batch_size <= 0:
+            raise ValueError("batch_size must be positive")
+        self._outbox = outbox
+        self._url = sidecar_url.rstrip("/") + EVENTS_PATH
+        self._headers = {"Authorization": f"Bearer {service_token}"}
+        self._owns_http = http is None
+        self._http = http if http is not None else httpx.Client(timeout=timeout_s)
+        self._batch_size = batch_size
+
+    def deliver_once(self) -> int:
+        """Send one batch of due events; returns how many the sidecar accepted. Never
+        raises for a failed delivery: the events stay pending and are retried."""
+        batch = self._outbox.due(self._batch_size)
+        if not batch:
+            return 0
+        outcome = self._post(batch)
+        if outcome == "delivered":
+            self._outbox.mark_delivered([d.idempotency_key for d in batch])
+            return len(batch)
+        if outcome == "refused" and len(batch) > 1:
+            return sum(self._deliver_alone(draft) for draft in batch)
+        self._outbox.mark_failed([d.idempotency_key for d in batch])
+        return 0
+
+    def run(self, stop: threading.Event, *, poll_s: float = 1.0) -> None:
+        """Deliver until ``stop`` is set: back to back while full batches go through,
+        otherwise every ``poll_s``. Never raises; an unexpected error is logged and the
+        loop goes on after ``poll_s``."""
+        while not stop.is_set():
+            try:
+                delivered = self.deliver_once()
+            except Exception:
+                log.exception("outbox delivery failed unexpectedly")
+                delivered = 0
+            if delivered < self._batch_size:
+                stop.wait(poll_s)
+
+    def close(self) -> None:
+        """Close the HTTP client if this sender made it."""
+        if self._owns_http:
+            self._http.close()
+
+    def _deliver_alone(self, draft: EventDraft) -> int:
+        if self._post([draft]) == "delivered":
+            self._outbox.mark_delivered([draft.idempotency_key])
+            return 1
+        self._outbox.mark_failed([draft.idempotency_key])
+        return 0
+
+    def _post(self, batch: Sequence[EventDraft]) -> _Outcome:
+        """ "delivered", "retry" (the same batch may pass later) or "refused" (a 4xx about
+        the batch's contents)."""
+        body = {"events": [_as_json(d) for d in batch]}
+        try:
+            response = self._http.post(self._url, json=body, headers=self._headers)
+        except httpx.HTTPError as exc:
+            log.warning(
+                "sidecar unreachable; billing events kept for retry",
+                extra={"events": len(batch), "error": str(exc)},
+            )
+            return "retry"
+        status = response.status_code
+        if 200 <= status < 300:
+            log.debug("billing events delivered", extra={"events": len(batch)})
+            return "delivered"
+        extra = {"events": len(batch), "status": status, "body": response.text[:500]}
+        if status in (401, 403):
+            log.error("sidecar refused the service token; billing events kept", extra=extra)
+            return "retry"
+        if 400 <= status < 500 and status not in (408, 429):
+            if len(batch) == 1:
+                extra["idempotency_key"] = batch[0].idempotency_key
+            log.error("sidecar refused billing events; kept for retry", extra=extra)
+            return "refused"
+        log.warning("sidecar failed; billing events kept for retry", extra=extra)
+        return "retry"
+
+
+def _as_json(draft: EventDraft) -> dict[str, object]:
+    return {
+        "idempotency_key": draft.idempotency_key,
+        "organisation_id": draft.organisation_id,
+        "call_id": draft.call_id,
+        "kind": UsageKind(draft.kind).value,
+        "quantity": draft.quantity,
+    }
+
+
+def _encode(draft: EventDraft) -> str:
+    return json.dumps(_as_json(draft), sort_keys=True)
+
+
+def _decode(payload: str) -> EventDraft:
+    fields = json.loads(payload)
+    return EventDraft(
+        idempotency_key=fields["idempotency_key"],
+        organisation_id=int(fields["organisation_id"]),
+        call_id=fields["call_id"],
+        kind=UsageKind(fields["kind"]),
+        quantity=int(fields["quantity"]),
+    )

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs everything the agent and its tests need on Debian/Ubuntu with Python 3.11:
+# system packages (only those missing) and a virtualenv in .venv with every Python package
+# pinned by hash (requirements.lock). Safe to run again: it skips what is already done.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# libportaudio2: the console's sound I/O; libsndfile1: reading WAV/FLAC;
+# pulseaudio, pulseaudio-utils, libasound2-plugins: a virtual sound card for the console
+# test (and headless machines); tmux: gives the console a terminal in tests;
+# espeak-ng: phonemizer data for voices; python3.11-venv: creating .venv.
+APT_PACKAGES=(libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2-plugins tmux espeak-ng)
+PYTHON="${PYTHON:-python3.11}"
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+# The tests use the Redis and PostgreSQL servers running on 127.0.0.1 (6379, 5432) when
+# there are any, and otherwise start their own from these packages.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+if ! port_open 6379 && ! command -v redis-server >/dev/null 2>&1; then
+    missing+=(redis-server)
+fi
+if ! port_open 5432 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+    && ! command -v initdb >/dev/null 2>&1; then
+    missing+=(postgresql)
+fi
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+    missing+=(python3.11 python3.11-venv)
+elif ! "$PYTHON" -c "import ensurepip" >/dev/null 2>&1; then
+    missing+=(python3.11-venv)
+fi
+if ((${#missing[@]})); then
+    echo "setup: installing system packages: ${missing[*]}" >&2
+    sudo_cmd=()
+    [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+    "${sudo_cmd[@]}" apt-get update -q
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv with $PYTHON" >&2
+    "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.requirements.lock.sha256
+want=$(sha256sum requirements.lock | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "setup: installing Python packages from requirements.lock" >&2
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q --require-hashes -r requirements.lock
+    echo "$want" > "$stamp"
+fi

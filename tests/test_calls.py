@@ -1,0 +1,108 @@
+"""Whole calls through real Silero VAD and the embedded stack (Whisper, dialogue engine,
+Piper), driven by caller recordings in real time, with no room and no sound card."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent.cli import cut_recording as cut
+from agent.settings import Settings
+from agent.simulate import SimulationOptions, simulate_call
+from plugins.local_stt import WhisperSTT, audio_to_whisper_input
+from tests.conftest import silence
+
+pytestmark = pytest.mark.slow
+
+NO_GREETING = SimulationOptions(greeting=False, quiet_after_s=1.5)
+
+
+def agent_lines(report) -> list[str]:  # type: ignore[no-untyped-def]
+    return [u.text for u in report.transcript if u.role == "agent"]
+
+
+def transcribe_24k(pcm: np.ndarray) -> str:
+    from livekit import rtc
+
+    frame = rtc.AudioFrame(pcm.tobytes(), 24_000, 1, len(pcm))
+    return WhisperSTT().transcribe(audio_to_whisper_input([frame]))[0]
+
+
+async def test_real_caller_introduction_gets_a_reply_by_name(vad_model, sample_wav_pcm):
+    """Corpus: Diane says "This is Diane in New Jersey." on a real phone line."""
+    caller = cut(sample_wav_pcm, 12.3, 14.5)
+    report, agent_audio = await simulate_call(caller, Settings(), vad_model, options=NO_GREETING)
+
+    assert [t.caller_text for t in report.turns] == ["This is Diane in New Jersey."]
+    assert "Diane" in report.turns[0].agent_text
+    latency = report.turns[0].end_of_speech_to_first_audio_s
+    assert latency is not None and 0 < latency < 10
+    # the reply is audible: Whisper hears the agent's own audio say the caller's name
+    assert "Diane" in transcribe_24k(agent_audio)
+    assert report.usage.stt_audio_s > 1.0
+    # TTS is billed on the characters sent, sentence by sentence (spaces between dropped)
+    assert report.usage.tts_characters == len(report.turns[0].agent_text) - 1
+    assert report.errors == []
+
+
+async def test_real_caller_hello_gets_a_greeting(vad_model, sample_wav_pcm):
+    """Corpus: "Hello?" at 6.68 s."""
+    report, _ = await simulate_call(
+        cut(sample_wav_pcm, 6.4, 7.4), Settings(), vad_model, options=NO_GREETING
+    )
+    assert len(report.turns) == 1
+    assert "hello" in report.turns[0].caller_text.lower()
+    assert "How can I help you today?" in report.turns[0].agent_text
+
+
+async def test_greeting_plays_before_the_caller_speaks(vad_model, sample_wav_pcm):
+    report, _ = await simulate_call(
+        cut(sample_wav_pcm, 12.3, 14.5), Settings(), vad_model, options=SimulationOptions()
+    )
+    roles = [u.role for u in report.transcript]
+    assert roles[:3] == ["agent", "caller", "agent"]
+    assert "Northwind" in report.transcript[0].text
+    assert len(report.turns) == 1  # the greeting answers nobody
+
+
+async def test_outage_question_runs_the_tool_and_answers_with_its_result(vad_model, piper_caller):
+    """Synthetic caller (Piper voice): the corpus has no support-desk phrases."""
+    caller = np.concatenate([silence(0.3), piper_caller("Is there an outage in Springfield?")])
+    report, _ = await simulate_call(caller, Settings(), vad_model, options=NO_GREETING)
+    assert [c["name"] for c in report.tool_calls] == ["check_outage"]
+    assert report.tool_calls[0]["arguments"]["area"].lower() == "springfield"
+    assert "outage in Springfield" in agent_lines(report)[-1]
+
+
+async def test_slot_filling_over_two_caller_turns(vad_model, piper_caller):
+    """Synthetic caller: asks about the bill, then gives the account number when asked."""
+    caller = np.concatenate(
+        [
+            silence(0.3),
+            piper_caller("I have a question about my bill."),
+            silence(7.0),  # the agent asks for the account number meanwhile
+            piper_caller("My account number is one two three four five six."),
+        ]
+    )
+    report, _ = await simulate_call(caller, Settings(), vad_model, options=NO_GREETING)
+    lines = agent_lines(report)
+    assert "account number" in lines[0]
+    assert report.tool_calls and report.tool_calls[0]["name"] == "billing_summary"
+    assert report.tool_calls[0]["arguments"] == {"account_number": "123456"}
+    assert "42 dollars and 50 cents" in lines[-1]
+
+
+async def test_caller_barging_in_cuts_the_agent_off(vad_model, piper_caller):
+    """The caller speaks over a long answer: playback stops early and is marked."""
+    caller = np.concatenate(
+        [
+            silence(0.3),
+            piper_caller("What is the status of my account? It is six five four three two one."),
+            silence(4.5),  # the reply starts 1.5-3 s in and runs ~6 s
+            piper_caller("Stop. I want to speak to a real person please."),
+        ]
+    )
+    report, _ = await simulate_call(caller, Settings(), vad_model, options=NO_GREETING)
+    interrupted = [u for u in report.transcript if u.role == "agent" and u.interrupted]
+    assert interrupted, report.to_json()
+    assert report.tool_calls[-1]["name"] == "transfer_to_human"

@@ -1,0 +1,393 @@
+"""The billing outbox keeps every event until the sidecar has it, survives restarts, and
+delivers at least once; with the sidecar deduplicating by key, each is billed once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from billing.api.app import create_app
+from billing.config import SidecarConfig
+from billing.ledger import balance_minor
+from billing.outbox import Outbox, OutboxSender, backoff_s
+from billing.pricing import EventDraft
+from storage.db import session_scope
+from storage.models import UsageKind
+from tests.api_client import serving
+from tests.billing_seed import seed_org
+
+TOKEN = "service-token-0123456789"
+T0 = 1_790_000_000.0
+
+
+class FakeClock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def events(n: int, *, call_id: str = "job-1", start: int = 0) -> list[EventDraft]:
+    return [
+        EventDraft(f"{call_id}:call_seconds:{i}", 7, call_id, UsageKind.call_seconds, 60 + i)
+        for i in range(start, start + n)
+    ]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def outbox(tmp_path: Path, clock: FakeClock) -> Iterator[Outbox]:
+    box = Outbox(tmp_path / "outbox.db", clock=clock)
+    yield box
+    box.close()
+
+
+class LoopbackSidecar:
+    """``POST /internal/billing-events`` on 127.0.0.1, stoppable and restartable on the
+    same port. Applies each key once (as the ledger does) and records every delivery."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.applied: dict[str, dict[str, object]] = {}
+        self.requests: list[list[str]] = []
+        self.statuses: list[int] = []
+        """Statuses to answer with next, in order, before normal service resumes."""
+        self.apply_then_fail = 0
+        """Apply this many batches, then answer 503 anyway (a lost answer)."""
+        self.refused_keys: set[str] = set()
+        self._server: ThreadingHTTPServer | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        sidecar = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                self.send_response(sidecar.handle(self.path, self.headers, body))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = self._server.server_address[1]
+        threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        ).start()
+
+    def stop(self) -> None:
+        assert self._server is not None
+        self._server.shutdown()
+        self._server.server_close()
+        self._server = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def handle(self, path: str, headers: object, body: bytes) -> int:
+        with self._lock:
+            if path != "/internal/billing-events":
+                return 404
+            if headers["Authorization"] != f"Bearer {TOKEN}":  # type: ignore[index]
+                return 401
+            batch = json.loads(body)["events"]
+            keys = [event["idempotency_key"] for event in batch]
+            self.requests.append(keys)
+            if self.statuses:
+                return self.statuses.pop(0)
+            if self.refused_keys & set(keys):
+                return 422
+            for event in batch:
+                self.applied.setdefault(event["idempotency_key"], event)
+            if self.apply_then_fail:
+                self.apply_then_fail -= 1
+                return 503
+            return 200
+
+    def delivered_keys(self) -> list[str]:
+        return [key for batch in self.requests for key in batch]
+
+
+@pytest.fixture
+def sidecar() -> Iterator[LoopbackSidecar]:
+    server = LoopbackSidecar()
+    server.start()
+    yield server
+    if server._server is not None:
+        server.stop()
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=5.0) as client:
+        yield client
+
+
+def sender_for(
+    outbox: Outbox, sidecar: LoopbackSidecar, http: httpx.Client, **kwargs: int
+) -> OutboxSender:
+    return OutboxSender(outbox, sidecar.url, TOKEN, http=http, **kwargs)
+
+
+def test_added_events_are_due_at_once(outbox):
+    assert outbox.add(events(3)) == 3
+    assert outbox.due() == events(3)
+    assert outbox.pending_count() == 3
+
+
+def test_an_event_added_twice_is_kept_once(outbox):
+    outbox.add(events(3))
+    assert outbox.add(events(5)) == 2
+    assert outbox.add([events(1)[0], events(1)[0]]) == 0
+    assert outbox.pending_count() == 5
+
+
+def test_a_delivered_event_added_again_is_ignored(outbox):
+    outbox.add(events(1))
+    outbox.mark_delivered([events(1)[0].idempotency_key])
+    assert outbox.add(events(1)) == 0
+    assert outbox.pending_count() == 0
+
+
+def test_due_returns_at_most_the_limit_oldest_first(outbox, clock):
+    outbox.add(events(2, call_id="old"))
+    clock.now += 1
+    outbox.add(events(2, call_id="new"))
+    assert [d.call_id for d in outbox.due(limit=3)] == ["old", "old", "new"]
+
+
+def test_events_survive_closing_and_reopening_the_outbox(tmp_path, clock):
+    first = Outbox(tmp_path / "outbox.db", clock=clock)
+    first.add(events(4))
+    first.mark_delivered([events(1)[0].idempotency_key])
+    first.close()
+    reopened = Outbox(tmp_path / "outbox.db", clock=clock)
+    assert reopened.pending_count() == 3
+    assert reopened.due() == events(4)[1:]
+    reopened.close()
+
+
+def test_events_are_on_disk_when_add_returns_even_if_the_process_dies(tmp_path):
+    path = tmp_path / "outbox.db"
+    script = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from billing.outbox import Outbox\n"
+        "from billing.pricing import EventDraft\n"
+        "from storage.models import UsageKind\n"
+        "box = Outbox(Path(sys.argv[1]))\n"
+        "box.add([EventDraft(f'job:call_seconds:{i}', 7, 'job', UsageKind.call_seconds, 1)"
+        " for i in range(10)])\n"
+        "os._exit(0)  # no close, no cleanup\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(path)], check=True, timeout=60)
+    reopened = Outbox(path)
+    assert reopened.pending_count() == 10
+    reopened.close()
+
+
+def test_concurrent_writers_lose_nothing_and_duplicate_nothing(tmp_path):
+    # each LiveKit job process opens its own Outbox on the worker's one file
+    boxes = [Outbox(tmp_path / "outbox.db") for _ in range(4)]
+
+    def write(box: Outbox, n: int) -> None:
+        for i in range(10):
+            box.add(events(5, start=n * 50 + i * 5))
+        box.add(events(50))  # the same 50 keys from every writer
+
+    threads = [threading.Thread(target=write, args=(box, n)) for n, box in enumerate(boxes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert boxes[0].pending_count() == 200
+    for box in boxes:
+        box.close()
+
+
+def test_failed_events_back_off_1_2_4_8_seconds_up_to_60(outbox, clock):
+    outbox.add(events(1))
+    key = events(1)[0].idempotency_key
+    for wait_s in [1, 2, 4, 8, 16, 32, 60, 60, 60]:
+        outbox.mark_failed([key], now=clock.now)
+        assert outbox.due(now=clock.now + wait_s - 0.01) == []
+        clock.now += wait_s
+        assert outbox.due(now=clock.now) == events(1)
+    assert outbox.attempts(key) == 9
+
+
+def test_a_failed_event_is_not_due_before_its_backoff_ends(outbox, clock):
+    outbox.add(events(1))
+    outbox.mark_failed([events(1)[0].idempotency_key])
+    assert outbox.due(now=clock.now + 0.99) == []
+    assert outbox.due(now=clock.now + 1.0) == events(1)
+
+
+def test_backoff_is_capped():
+    assert [backoff_s(n) for n in (1, 2, 3, 4, 7, 100, 10**6)] == [1, 2, 4, 8, 60, 60, 60]
+
+
+def test_the_sender_posts_events_with_the_service_token(outbox, sidecar, http):
+    outbox.add(events(3))
+    assert sender_for(outbox, sidecar, http).deliver_once() == 3
+    assert sidecar.applied["job-1:call_seconds:0"] == {
+        "idempotency_key": "job-1:call_seconds:0",
+        "organisation_id": 7,
+        "call_id": "job-1",
+        "kind": "call_seconds",
+        "quantity": 60,
+    }
+    assert outbox.pending_count() == 0
+
+
+def test_the_sender_sends_at_most_a_batch_at_a_time(outbox, sidecar, http):
+    outbox.add(events(5))
+    sender = sender_for(outbox, sidecar, http, batch_size=2)
+    assert [sender.deliver_once() for _ in range(4)] == [2, 2, 1, 0]
+    assert [len(batch) for batch in sidecar.requests] == [2, 2, 1]
+
+
+@pytest.mark.parametrize("status", [500, 503, 408, 429])
+def test_a_sidecar_error_keeps_the_batch_for_a_retry(outbox, sidecar, http, clock, status):
+    outbox.add(events(2))
+    sidecar.statuses = [status]
+    sender = sender_for(outbox, sidecar, http)
+    assert sender.deliver_once() == 0
+    assert outbox.pending_count() == 2
+    assert sender.deliver_once() == 0  # backing off: nothing due, nothing sent
+    clock.now += 1
+    assert sender.deliver_once() == 2
+    assert len(sidecar.requests) == 2
+
+
+def test_a_refused_service_token_keeps_the_batch_without_splitting_it(outbox, sidecar, http):
+    outbox.add(events(3))
+    sender = OutboxSender(outbox, sidecar.url, "wrong-token", http=http)
+    assert sender.deliver_once() == 0
+    assert len(sidecar.requests) == 0  # refused before reading: the loopback counts none
+    assert outbox.pending_count() == 3
+    assert outbox.attempts(events(1)[0].idempotency_key) == 1
+
+
+def test_one_refused_event_does_not_hold_back_the_rest_of_its_batch(outbox, sidecar, http):
+    outbox.add(events(4))
+    poison = events(4)[2].idempotency_key
+    sidecar.refused_keys = {poison}
+    assert sender_for(outbox, sidecar, http).deliver_once() == 3
+    assert sorted(sidecar.applied) == sorted(
+        d.idempotency_key for d in events(4) if d.idempotency_key != poison
+    )
+    # the refused event is money: kept, retried later, never dropped
+    assert outbox.pending_count() == 1
+    assert outbox.attempts(poison) == 1
+
+
+def test_a_lost_answer_is_redelivered_and_billed_once(outbox, sidecar, http, clock):
+    outbox.add(events(3))
+    sidecar.apply_then_fail = 1
+    sender = sender_for(outbox, sidecar, http)
+    assert sender.deliver_once() == 0
+    clock.now += 1
+    assert sender.deliver_once() == 3
+    assert sidecar.delivered_keys().count("job-1:call_seconds:0") == 2
+    assert len(sidecar.applied) == 3
+    assert outbox.pending_count() == 0
+
+
+def test_events_added_while_the_sidecar_is_down_are_all_delivered_once_it_is_back(
+    outbox, sidecar, http, clock
+):
+    sidecar.stop()
+    sender = sender_for(outbox, sidecar, http, batch_size=50)
+    added = []
+    for call in range(5):
+        batch = events(40, call_id=f"job-{call}")
+        outbox.add(batch)
+        added += [d.idempotency_key for d in batch]
+        assert sender.deliver_once() == 0  # connection refused: kept
+        clock.now += 5
+    assert outbox.pending_count() == 200
+
+    sidecar.start()
+    clock.now += 61  # past the longest backoff
+    for _ in range(20):
+        if sender.deliver_once() == 0 and outbox.pending_count() == 0:
+            break
+    assert outbox.pending_count() == 0
+    assert set(sidecar.delivered_keys()) == set(added)
+    assert sorted(sidecar.applied) == sorted(added)
+
+
+def test_run_delivers_in_the_background_until_stopped(tmp_path, sidecar, http):
+    outbox = Outbox(tmp_path / "outbox.db")  # real clock: run() is what the worker runs
+    sender = sender_for(outbox, sidecar, http, batch_size=10)
+    stop = threading.Event()
+    thread = threading.Thread(target=sender.run, args=(stop,), kwargs={"poll_s": 0.02})
+    thread.start()
+    try:
+        outbox.add(events(35))
+        deadline = time.monotonic() + 10
+        while outbox.pending_count() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert outbox.pending_count() == 0
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert len(sidecar.applied) == 35
+    outbox.close()
+
+
+def test_the_outbox_bills_each_event_once_through_the_real_sidecar_route(
+    engine, tmp_path, clock, http
+):
+    with session_scope(engine) as session:
+        org, _, _ = seed_org(session, admins=0, balance_minor=10_000, price_per_minute_minor=60)
+        org_id = org.id
+    assert org_id is not None
+    config = SidecarConfig(
+        database_url="unused://",
+        redis_url=None,
+        service_token=TOKEN,
+        payment_webhook_secret="whsec_0123456789abcdef",
+        notify_webhook_url=None,
+        notify_webhook_secret=None,
+        recordings_dir=tmp_path / "recordings",
+    )
+    outbox = Outbox(tmp_path / "outbox.db", clock=clock)
+    good = [
+        EventDraft(f"job-e2e:call_seconds:{i}", org_id, "job-e2e", UsageKind.call_seconds, 60)
+        for i in range(5)
+    ]
+    unknown_org = EventDraft("job-x:call_seconds:0", 424242, "job-x", UsageKind.call_seconds, 60)
+    outbox.add([*good[:3], unknown_org, *good[3:]])
+    with serving(create_app(config, engine=engine)) as url:
+        assert OutboxSender(outbox, url, TOKEN, http=http).deliver_once() == 5
+        # the same events again, as from an outbox that never heard the answers
+        replay = Outbox(tmp_path / "replay.db", clock=clock)
+        replay.add(good)
+        assert OutboxSender(replay, url, TOKEN, http=http).deliver_once() == 5
+        replay.close()
+    with session_scope(engine) as session:
+        assert balance_minor(session, org_id) == (10_000 - 5 * 60, "USD")
+    # the refused event is kept for an operator, never dropped
+    assert outbox.pending_count() == 1
+    assert outbox.attempts(unknown_org.idempotency_key) == 1
+    outbox.close()

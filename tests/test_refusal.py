@@ -1,0 +1,27 @@
+"""A refused call hears why: the refusal is spoken in full with the local voice."""
+
+from __future__ import annotations
+
+import numpy as np
+from livekit import rtc
+from livekit.agents import Agent
+
+from agent.settings import Settings
+from agent.wav_io import CapturedAudioOutput
+from agent.worker import refusal_session, say_refusal
+from plugins.local_stt import WhisperSTT, audio_to_whisper_input
+
+
+async def test_the_refusal_message_is_spoken_to_the_caller():
+    message = "Sorry, all our lines are busy. Please call again later."
+    session = refusal_session(Settings(tts_provider="local"))
+    speaker = CapturedAudioOutput()
+    session.output.audio = speaker
+    await session.start(agent=Agent(instructions=""), record=False)
+    await say_refusal(session, message)
+
+    pcm = np.concatenate([np.frombuffer(b"".join(s.pcm), dtype=np.int16) for s in speaker.segments])
+    assert len(pcm) / speaker.sample_rate_hz > 2.0
+    frame = rtc.AudioFrame(pcm.tobytes(), speaker.sample_rate_hz, 1, len(pcm))
+    heard = WhisperSTT().transcribe(audio_to_whisper_input([frame]))[0].lower()
+    assert "busy" in heard and "call again" in heard
