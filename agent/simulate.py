@@ -25,7 +25,12 @@ from agent.metering import UsageTotals, usage_totals
 from agent.pipeline import build_session
 from agent.settings import Settings
 from agent.support_agent import GREETING, SupportAgent
-from agent.wav_io import CALLER_SAMPLE_RATE_HZ, CallerAudioInput, CapturedAudioOutput
+from agent.wav_io import (
+    AGENT_SAMPLE_RATE_HZ,
+    CALLER_SAMPLE_RATE_HZ,
+    CallerAudioInput,
+    CapturedAudioOutput,
+)
 
 log = logging.getLogger("agent.simulate")
 
@@ -265,6 +270,8 @@ class _EventCollector:
         report.errors = self.errors
 
 
-def write_agent_audio(path: Path, pcm: np.ndarray, sample_rate_hz: int = 24_000) -> None:
+def write_agent_audio(
+    path: Path, pcm: np.ndarray, sample_rate_hz: int = AGENT_SAMPLE_RATE_HZ
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), pcm, sample_rate_hz, subtype="PCM_16")

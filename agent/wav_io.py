@@ -21,7 +21,14 @@ from livekit import rtc
 from livekit.agents.voice.io import AudioInput, AudioOutput, AudioOutputCapabilities
 
 CALLER_SAMPLE_RATE_HZ = 16_000
+AGENT_SAMPLE_RATE_HZ = 24_000
+"""The rate the agent's captured speech is kept and written at."""
 FRAME_MS = 20
+ALIGN_FRAMES = 8
+"""The recording starts after a multiple of this many frames of the input stream: 160 ms,
+a whole number of Silero VAD windows (512 samples at 16 kHz). Where the recording falls
+against those windows changes what the VAD cuts and so what Whisper hears; aligning it
+makes a simulated call reproducible, whenever :meth:`CallerAudioInput.play` is called."""
 
 
 class CallerAudioError(ValueError):
@@ -53,8 +60,9 @@ def load_caller_audio(path: Path, sample_rate_hz: int = CALLER_SAMPLE_RATE_HZ) -
 
 
 class CallerAudioInput(AudioInput):
-    """Feeds silence until :meth:`play` is called, then the recording, then silence again
-    until :meth:`close`; the session needs the trailing silence to hear the caller stop.
+    """Feeds silence until :meth:`play` is called, then the recording (from the next
+    ``ALIGN_FRAMES`` boundary), then silence again until :meth:`close`; the session needs
+    the trailing silence to hear the caller stop.
     """
 
     def __init__(self, pcm: np.ndarray, *, realtime: bool = True) -> None:
@@ -64,6 +72,7 @@ class CallerAudioInput(AudioInput):
         self._samples_per_frame = CALLER_SAMPLE_RATE_HZ * FRAME_MS // 1000
         self._silence = np.zeros(self._samples_per_frame, dtype=np.int16)
         self._pos = 0
+        self._frames_out = 0
         self._playing = False
         self._closed = False
         self._next_deadline: float | None = None
@@ -79,7 +88,11 @@ class CallerAudioInput(AudioInput):
     async def __anext__(self) -> rtc.AudioFrame:
         if self._closed:
             raise StopAsyncIteration
-        feeding = self._playing and self._pos < len(self._pcm)
+        if self._playing and self._pos == 0 and self._frames_out % ALIGN_FRAMES:
+            feeding = False  # wait for the next alignment boundary
+        else:
+            feeding = self._playing and self._pos < len(self._pcm)
+        self._frames_out += 1
         if feeding:
             chunk = self._pcm[self._pos : self._pos + self._samples_per_frame]
             self._pos += len(chunk)
@@ -125,7 +138,7 @@ class CapturedAudioOutput(AudioOutput):
     leaves a gap, as on a line), and a cleared buffer cuts the segment where playback was.
     """
 
-    def __init__(self, sample_rate_hz: int = 24_000) -> None:
+    def __init__(self, sample_rate_hz: int = AGENT_SAMPLE_RATE_HZ) -> None:
         super().__init__(
             label="simulated-speaker",
             capabilities=AudioOutputCapabilities(pause=False),

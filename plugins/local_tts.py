@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from livekit.agents import APIConnectOptions, tts, utils
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS
+from piper.config import SynthesisConfig
 
 if TYPE_CHECKING:
     from piper import PiperVoice
@@ -32,6 +33,19 @@ def bundled_piper_voice() -> tuple[Path, Path]:
 class PiperOptions:
     model_path: Path
     config_path: Path
+    noise_scale: float | None = None
+    """Generator noise; ``None`` keeps the voice's own (0.667 for joe). Piper draws it at
+    random, so the same text sounds slightly different each time; 0 with
+    ``noise_w_scale=0`` makes the voice deterministic (tests' synthetic callers)."""
+    noise_w_scale: float | None = None
+    """Phoneme-length noise; ``None`` keeps the voice's own."""
+
+    @classmethod
+    def bundled(
+        cls, *, noise_scale: float | None = None, noise_w_scale: float | None = None
+    ) -> PiperOptions:
+        model, config = bundled_piper_voice()
+        return cls(model, config, noise_scale=noise_scale, noise_w_scale=noise_w_scale)
 
 
 @functools.cache
@@ -46,10 +60,11 @@ class PiperTTS(tts.TTS):
     """Local neural voice. Audio is 16-bit mono at the voice's native rate (22.05 kHz)."""
 
     def __init__(self, options: PiperOptions | None = None) -> None:
-        if options is None:
-            model, config = bundled_piper_voice()
-            options = PiperOptions(model_path=model, config_path=config)
+        options = options or PiperOptions.bundled()
         self._opts = options
+        self._synthesis = SynthesisConfig(
+            noise_scale=options.noise_scale, noise_w_scale=options.noise_w_scale
+        )
         voice = _load_voice(options.model_path, options.config_path)
         super().__init__(
             capabilities=tts.TTSCapabilities(streaming=False),
@@ -80,7 +95,7 @@ class PiperTTS(tts.TTS):
     def iter_pcm(self, text: str):  # type: ignore[no-untyped-def]
         voice = _load_voice(self._opts.model_path, self._opts.config_path)
         with self._lock:
-            for chunk in voice.synthesize(text):
+            for chunk in voice.synthesize(text, syn_config=self._synthesis):
                 yield chunk.audio_int16_bytes
 
 

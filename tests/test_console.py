@@ -8,7 +8,6 @@ own Whisper STT, so the test checks what a caller would hear.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import json
 import os
 import re
@@ -20,12 +19,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 import soxr
 
 from agent.support_agent import GREETING
+from tests.hearing import share_of_words_heard, transcribe
 from tests.pulse import MIC_SINK, SPEAKER_SINK, pid_alive
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,25 +143,9 @@ def chat_items(pane: str) -> list[tuple[str, str]]:
     return items
 
 
-def share_of_words_heard(expected: str, heard: str) -> float:
-    """The share of ``expected``'s words that ``heard`` has, in the same order."""
-    want, got = (re.findall(r"[a-z']+", text.lower()) for text in (expected, heard))
-    matcher = difflib.SequenceMatcher(None, want, got, autojunk=False)
-    return sum(block.size for block in matcher.get_matching_blocks()) / max(1, len(want))
-
-
 def transcribe_wav(path: Path) -> str:
-    from plugins.local_stt import WHISPER_SAMPLE_RATE_HZ, WhisperSTT
-
     audio, rate = sf.read(path, dtype="float32", always_2d=True)
-    mono = audio.mean(axis=1)
-    # trim the silence around the agent's speech: Whisper tends to invent words in it
-    loud = np.flatnonzero(np.abs(mono) > 0.01)
-    if loud.size:
-        pad = int(0.5 * rate)
-        mono = mono[max(0, loud[0] - pad) : loud[-1] + pad]
-    pcm = soxr.resample(mono, rate, WHISPER_SAMPLE_RATE_HZ).astype(np.float32)
-    return WhisperSTT().transcribe(pcm)[0]
+    return transcribe(audio.mean(axis=1), rate)
 
 
 @pytest.fixture

@@ -1,0 +1,40 @@
+"""What a caller would hear: the agent's audio transcribed with the project's own Whisper
+STT, and how much of the expected words it holds.
+
+Piper draws its noise at random, so the agent never sounds exactly the same twice and
+Whisper tiny.en sometimes mishears a word of it (about 1 rendering in 20 loses "Diane"
+in "Nice to meet you, Diane"). Tests therefore ask for a share of the words, in order,
+not for one exact word.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+import numpy as np
+import soxr
+
+from plugins.local_stt import WHISPER_SAMPLE_RATE_HZ, WhisperSTT
+
+SILENCE_LEVEL = 0.01
+"""Full-scale amplitude under which the edges of a recording count as silence."""
+
+
+def transcribe(pcm: np.ndarray, sample_rate_hz: int) -> str:
+    """Whisper's transcript of mono audio (int16 or float in [-1, 1]), at any rate."""
+    mono = pcm.astype(np.float32) / 32768.0 if pcm.dtype == np.int16 else pcm
+    # trim the silence around the speech: Whisper tends to invent words in it
+    loud = np.flatnonzero(np.abs(mono) > SILENCE_LEVEL)
+    if loud.size:
+        pad = sample_rate_hz // 2
+        mono = mono[max(0, loud[0] - pad) : loud[-1] + pad]
+    resampled = soxr.resample(mono, sample_rate_hz, WHISPER_SAMPLE_RATE_HZ)
+    return WhisperSTT().transcribe(resampled.astype(np.float32))[0]
+
+
+def share_of_words_heard(expected: str, heard: str) -> float:
+    """The share of ``expected``'s words that ``heard`` has, in the same order."""
+    want, got = (re.findall(r"[a-z']+", text.lower()) for text in (expected, heard))
+    matcher = difflib.SequenceMatcher(None, want, got, autojunk=False)
+    return sum(block.size for block in matcher.get_matching_blocks()) / max(1, len(want))
