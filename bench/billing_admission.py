@@ -33,6 +33,8 @@ from storage.leases import LeaseScope, LeaseStore, MemoryLeaseStore, RedisLeaseS
 from storage.migrate import upgrade
 from tests.billing_seed import seed_agent, seed_org
 
+DEFAULT_SAMPLES = 3000
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 BLOCK = 250
 """Samples per turn of one store before the other takes over."""
 WARMUP = 200
@@ -129,8 +131,8 @@ def render(title: str, timings: dict[str, Timings], rate_label: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--samples", type=int, default=3000, help="admissions per store")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="admissions per store")
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     args = parser.parse_args(argv)
 
     wall = time.perf_counter()
