@@ -9,6 +9,7 @@ rejected job would leave the caller in silence.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -30,6 +31,8 @@ MESSAGE_ATTR = "va.refusal_message"
 ORG_ATTR = "va.organisation_id"
 
 UNAVAILABLE_MESSAGE = "Sorry, we cannot take your call right now. Please try again later."
+LEASE_HEARTBEAT_INTERVAL_S = 10.0
+"""How often a live call's lease is heart-beaten: well within the sidecar's TTL (30 s)."""
 
 
 @dataclass(frozen=True)
@@ -138,3 +141,66 @@ def make_request_handler(
         await req.accept(attributes=attributes)
 
     return on_request
+
+
+class LeaseKeeper:
+    """Keeps a live call counted by the sidecar until it ends.
+
+    Heart-beats the call's lease; when the sidecar no longer knows it (it restarted with
+    in-process leases, or heartbeats failed for longer than the TTL) or the call never had
+    one (the sidecar was down when it started and admission failed open), admits the call
+    again with ``resume``, which the sidecar never refuses for a quota. Without this a
+    lost lease would leave a live call uncounted and let one call too many in. Releases
+    the lease when the call ends. A sidecar that stays unreachable costs the call nothing.
+    """
+
+    def __init__(self, client: SidecarClient, identity: CallIdentity, lease_id: str | None) -> None:
+        self._client = client
+        self._identity = identity
+        self.lease_id = lease_id
+        self._given_up = False
+
+    async def tick(self) -> None:
+        """One heartbeat, or one attempt to take the lease again."""
+        if self._given_up:
+            return
+        try:
+            if self.lease_id is not None:
+                if await self._client.heartbeat(self.lease_id):
+                    return
+                log.warning("call lease lost; taking it again", extra={"lease_id": self.lease_id})
+                self.lease_id = None
+            decision = await self._client.admit(
+                self._identity.call_id,
+                organisation_id=self._identity.organisation_id,
+                agent_id=self._identity.agent_id,
+                dialled_number=self._identity.dialled_number,
+                resume=True,
+            )
+        except SidecarUnavailable as exc:
+            log.warning("sidecar unreachable; the call goes on unleased", extra={"error": str(exc)})
+            return
+        if decision.admitted and decision.lease_id:
+            self.lease_id = decision.lease_id
+            log.info("call lease taken again", extra={"lease_id": self.lease_id})
+        else:
+            # only an unknown agent or organisation refuses a resumed call: retrying cannot help
+            self._given_up = True
+            log.error("the sidecar will not count this call", extra={"reason": decision.reason})
+
+    async def run(self, interval_s: float = LEASE_HEARTBEAT_INTERVAL_S) -> None:
+        """Tick every ``interval_s`` until cancelled."""
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.tick()
+
+    async def release(self) -> None:
+        """At the call's end: free the lease (if the sidecar cannot be told, the lease
+        expires by its TTL, so nothing leaks)."""
+        if self.lease_id is None:
+            return
+        try:
+            await self._client.release(self.lease_id)
+        except SidecarUnavailable as exc:
+            log.warning("lease release failed", extra={"error": str(exc)})
+        self.lease_id = None

@@ -39,13 +39,16 @@ class SidecarClient:
         organisation_id: int | None,
         agent_id: int | None,
         dialled_number: str | None,
+        resume: bool = False,
     ) -> AdmissionDecision:
-        """Ask for a call lease. Raises SidecarUnavailable when no decision came back."""
+        """Ask for a call lease (``resume``: for a live call that lost it; never refused
+        for a quota). Raises SidecarUnavailable when no decision came back."""
         body = {
             "call_id": call_id,
             "organisation_id": organisation_id,
             "agent_id": agent_id,
             "dialled_number": dialled_number,
+            "resume": resume,
         }
         resp = await self._request("POST", "/internal/admissions", json=body)
         if resp.status_code not in (200, 409):

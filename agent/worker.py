@@ -26,13 +26,16 @@ from agent.admission import (
     LEASE_ATTR,
     MESSAGE_ATTR,
     ORG_ATTR,
+    CallIdentity,
+    LeaseKeeper,
+    call_identity,
     make_request_handler,
 )
 from agent.logs import call_id_var, mask_phone
 from agent.metering import CallMeter
 from agent.pipeline import build_session, build_stt, build_tts, load_vad
 from agent.settings import Settings
-from agent.sidecar_client import SidecarClient, SidecarUnavailable
+from agent.sidecar_client import SidecarClient
 from agent.support_agent import GREETING, SupportAgent
 from billing.outbox import Outbox, OutboxSender
 
@@ -90,8 +93,11 @@ async def entrypoint(ctx: JobContext) -> None:
         )
         meter.start()
         ctx.add_shutdown_callback(meter.close)
-    if lease_id and settings.sidecar_url:
-        _keep_lease(ctx, settings, lease_id)
+    if settings.sidecar_url and attributes.get(ADMISSION_ATTR) in ("admitted", "unleased"):
+        identity = call_identity(
+            ctx.job.id, [ctx.room.metadata, ctx.job.metadata], settings.default_organisation_id
+        )
+        _keep_lease(ctx, settings, identity, lease_id)
 
     await session.start(agent=SupportAgent(), room=ctx.room)
     log.info("call started", extra={"room": ctx.room.name})
@@ -120,28 +126,19 @@ async def _refuse(ctx: JobContext, settings: Settings, message: str) -> None:
     ctx.shutdown(reason="call refused by admission")
 
 
-def _keep_lease(ctx: JobContext, settings: Settings, lease_id: str) -> None:
-    """Heartbeat the call's lease while it runs; release it when the call ends."""
+def _keep_lease(
+    ctx: JobContext, settings: Settings, identity: CallIdentity, lease_id: str | None
+) -> None:
+    """Keep the call counted by the sidecar while it runs; release its lease at the end."""
     client = SidecarClient(settings.sidecar_url, settings.sidecar_service_token.get_secret_value())
-
-    async def heartbeat() -> None:
-        while True:
-            await asyncio.sleep(10)
-            try:
-                if not await client.heartbeat(lease_id):
-                    log.warning("lease lost; the call continues", extra={"lease_id": lease_id})
-            except SidecarUnavailable as exc:
-                log.warning("lease heartbeat failed", extra={"error": str(exc)})
-
-    task = asyncio.create_task(heartbeat(), name="lease-heartbeat")
+    keeper = LeaseKeeper(client, identity, lease_id)
+    task = asyncio.create_task(keeper.run(), name="lease-keeper")
 
     async def release() -> None:
         task.cancel()
-        try:
-            await client.release(lease_id)
-        except SidecarUnavailable as exc:
-            # the lease expires by its TTL: nothing leaks
-            log.warning("lease release failed", extra={"error": str(exc)})
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await keeper.release()
         await client.aclose()
 
     ctx.add_shutdown_callback(release)

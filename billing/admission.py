@@ -45,6 +45,8 @@ CALLER_MESSAGES: dict[str, str] = {
 says nothing about the organisation's billing."""
 
 ADMITTED_MESSAGE = "Call admitted."
+UNLIMITED = 2**31 - 1
+"""The scope limit a resumed (live) call's lease is taken with."""
 
 
 class QuotaExceeded(Exception):
@@ -59,12 +61,18 @@ class QuotaExceeded(Exception):
 @dataclass(frozen=True)
 class AdmissionRequest:
     """A call asking to start. The organisation comes from ``agent_id``, else from the
-    agent reached on ``dialled_number``, else from ``organisation_id``."""
+    agent reached on ``dialled_number``, else from ``organisation_id``.
+
+    ``resume``: the call is already live but holds no lease (it was lost, e.g. to a
+    sidecar restart with in-process leases, or never taken because the sidecar was down
+    when the call started). Such a call is never refused for a quota: it takes its slots
+    even over the limits, so that it counts against new calls again."""
 
     call_id: str
     agent_id: int | None = None
     dialled_number: str | None = None
     organisation_id: int | None = None
+    resume: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,6 +142,9 @@ class AdmissionController:
         scopes = [LeaseScope(f"org:{verdict.organisation_id}", verdict.max_concurrent_calls)]
         if req.dialled_number is not None and verdict.number_cap is not None:
             scopes.append(LeaseScope(f"number:{req.dialled_number}", verdict.number_cap))
+        if req.resume:
+            # a live call is counted, never refused: no limit holds it out of its scopes
+            scopes = [LeaseScope(scope.key, UNLIMITED) for scope in scopes]
         full_scope = self._leases.acquire(req.call_id, scopes, self._lease_ttl_s)
         if full_scope is None:
             return self._admitted(req, verdict.organisation_id)
@@ -161,6 +172,9 @@ class AdmissionController:
         assert organisation.id is not None
         plan = session.get(Plan, organisation.plan_id)
         assert plan is not None  # organisations.plan_id is a foreign key
+        number_cap = agent.max_concurrent_calls_per_number if agent is not None else None
+        if req.resume:
+            return _CallQuota(organisation.id, plan.max_concurrent_calls, number_cap)
         period = f"{now.year:04d}-{now.month:02d}"
         if _call_seconds_in_month(session, organisation.id, now) >= plan.monthly_minutes * 60:
             return self._refuse_unless_live(
@@ -183,11 +197,7 @@ class AdmissionController:
                 f"The prepaid balance of {organisation.name} is used up. New calls are "
                 "refused until it is topped up; calls in progress continue.",
             )
-        return _CallQuota(
-            organisation_id=organisation.id,
-            max_concurrent_calls=plan.max_concurrent_calls,
-            number_cap=agent.max_concurrent_calls_per_number if agent is not None else None,
-        )
+        return _CallQuota(organisation.id, plan.max_concurrent_calls, number_cap)
 
     def _refuse_unless_live(
         self,

@@ -235,9 +235,10 @@ def shared_sidecar(
 
 
 @contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
-    """``app`` served by uvicorn on a free 127.0.0.1 port in a thread; yields its URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+def serving(app: FastAPI, port: int = 0) -> Iterator[str]:
+    """``app`` served by uvicorn on 127.0.0.1 (on ``port``, else a free one) in a thread;
+    yields its URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

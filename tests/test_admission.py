@@ -262,6 +262,56 @@ def test_calls_of_a_dead_worker_free_their_slots_after_the_lease_ttl(
     assert not admissions.heartbeat("dead-0")
 
 
+def test_a_live_call_that_lost_its_lease_is_counted_again_even_over_the_limit(
+    engine: Engine, lease_store: LeaseStore
+) -> None:
+    org_id, agent_id = seed(engine, max_concurrent_calls=1)
+    admissions = controller(engine, lease_store)
+    assert admissions.admit(AdmissionRequest("live", agent_id=agent_id)).admitted
+    lease_store.release("live")  # lost: its TTL ran out, or the store restarted
+    assert admissions.admit(AdmissionRequest("new", agent_id=agent_id)).admitted
+
+    resumed = admissions.admit(AdmissionRequest("live", agent_id=agent_id, resume=True))
+
+    assert resumed.admitted and resumed.lease_id == "live"
+    assert lease_store.active(f"org:{org_id}") == 2  # over the limit: both calls are live
+    assert admissions.heartbeat("live")
+    assert admissions.admit(AdmissionRequest("third", agent_id=agent_id)).reason == (
+        "concurrent_calls_limit"
+    )
+
+
+def test_a_resumed_call_takes_its_number_slot_too(engine: Engine, lease_store: LeaseStore) -> None:
+    with session_scope(engine) as session:
+        org, _, [admin] = seed_org(session, max_concurrent_calls=5)
+        seed_agent(session, org, admin, phone_number=NUMBER, cap=1)
+    admissions = controller(engine, lease_store)
+
+    resumed = admissions.admit(AdmissionRequest("live", dialled_number=NUMBER, resume=True))
+
+    assert resumed.admitted
+    assert lease_store.active(f"number:{NUMBER}") == 1
+    assert admissions.admit(AdmissionRequest("new", dialled_number=NUMBER)).reason == (
+        "number_concurrency_limit"
+    )
+
+
+def test_a_resumed_call_is_never_refused_for_minutes_or_balance(engine: Engine) -> None:
+    org_id, agent_id = seed(engine, monthly_minutes=1, prepaid=True, balance_minor=0)
+    use_seconds(engine, org_id, 60)
+    admissions = controller(engine)
+    assert not admissions.admit(AdmissionRequest("new", agent_id=agent_id)).admitted
+
+    assert admissions.admit(AdmissionRequest("live", agent_id=agent_id, resume=True)).admitted
+    assert len(notifications(engine, org_id)) == 1  # for the refused new call only
+
+
+def test_a_resumed_call_of_an_unknown_agent_is_refused(engine: Engine) -> None:
+    seed(engine)
+    refused = controller(engine).admit(AdmissionRequest("live", agent_id=999_999, resume=True))
+    assert not refused.admitted and refused.reason == "unknown_agent"
+
+
 def test_minutes_just_below_the_monthly_limit_still_admit(engine: Engine) -> None:
     org_id, agent_id = seed(engine, monthly_minutes=10)
     use_seconds(engine, org_id, 10 * 60 - 1)

@@ -112,6 +112,55 @@ def test_an_unknown_organisation_is_refused(shared_sidecar: SidecarApi) -> None:
     assert (refused["status"], refused["reason"]) == (409, "unknown_agent")
 
 
+def test_a_live_call_resumes_its_lease_over_the_limit(shared_sidecar: SidecarApi) -> None:
+    org = shared_sidecar.seed.organisation(max_concurrent_calls=1)
+    assert _admit(shared_sidecar, f"busy-{org}", org)["status"] == 200
+    response = shared_sidecar.client.post(
+        "/internal/admissions",
+        json={"call_id": f"lost-{org}", "organisation_id": org, "resume": True},
+        headers=SERVICE_HEADERS,
+    )
+    assert response.status_code == 200 and response.json()["lease_id"] == f"lost-{org}"
+    assert _admit(shared_sidecar, f"new-{org}", org)["status"] == 409
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"organisation_id": 1},
+        {"call_id": "", "organisation_id": 1},
+        {"call_id": "x" * 65, "organisation_id": 1},
+        {"call_id": "c", "agent_id": 0},
+        {"call_id": "c", "organisation_id": "one"},
+        {"call_id": "c", "dialled_number": "+1" * 20},
+        {"call_id": "c", "organisation_id": 1, "resume": "maybe"},
+        ["c", 1],
+        "not json",
+    ],
+    ids=[
+        "no-call-id",
+        "empty-call-id",
+        "long-call-id",
+        "agent-id-0",
+        "org-id-text",
+        "long-number",
+        "resume-not-bool",
+        "array",
+        "not-json",
+    ],
+)
+def test_a_malformed_admission_is_422_and_takes_no_lease(
+    shared_sidecar: SidecarApi, body: Any
+) -> None:
+    org = shared_sidecar.seed.organisation(max_concurrent_calls=1)
+    payload = {"content": body} if isinstance(body, str) else {"json": body}
+    response = shared_sidecar.client.post(
+        "/internal/admissions", headers=SERVICE_HEADERS, **payload
+    )
+    assert response.status_code == 422, response.text
+    assert _admit(shared_sidecar, f"after-{org}", org)["status"] == 200  # the slot is free
+
+
 def test_active_leases_are_a_gauge(shared_sidecar: SidecarApi) -> None:
     def gauge() -> float:
         text = shared_sidecar.client.get("/metrics").text

@@ -12,6 +12,8 @@ from agent.admission import (
     MESSAGE_ATTR,
     ORG_ATTR,
     REASON_ATTR,
+    CallIdentity,
+    LeaseKeeper,
     make_request_handler,
 )
 from agent.settings import Settings
@@ -74,6 +76,73 @@ async def test_wrong_service_token_is_treated_as_unavailable(
         await make_request_handler(Settings(admission_fail_open=False), client)(req)
         await client.aclose()
     assert req.accepted is not None and req.accepted[REASON_ATTR] == "billing_unavailable"
+
+
+async def test_a_lost_lease_is_taken_again_and_counts_against_new_calls(
+    engine, database_url, tmp_path, one_call_org
+):
+    """The lease expires under a live call (heartbeats lost for longer than the TTL): the
+    keeper takes it again, over the limit, so the next new call is refused."""
+    import asyncio
+
+    config = make_config(database_url, tmp_path / "rec", lease_ttl_s=0.3)
+    with serving(create_app(config, engine=engine)) as url:
+        client = SidecarClient(url, SERVICE_TOKEN)
+        handler = make_request_handler(Settings(), client)
+        meta = f'{{"organisation_id": {one_call_org}}}'
+        live = FakeJobRequest(FakeJob("live", meta))
+        await handler(live)
+        assert live.accepted is not None and live.accepted[ADMISSION_ATTR] == "admitted"
+        keeper = LeaseKeeper(client, CallIdentity("live", one_call_org, None, None), "live")
+
+        await asyncio.sleep(0.5)  # the lease expires
+        other = FakeJobRequest(FakeJob("other", meta))
+        await handler(other)  # and its slot goes to another call
+        assert other.accepted is not None and other.accepted[ADMISSION_ATTR] == "admitted"
+
+        await keeper.tick()
+        assert keeper.lease_id == "live" and await client.heartbeat("live")
+        third = FakeJobRequest(FakeJob("third", meta))
+        await handler(third)
+        assert third.accepted is not None and third.accepted[REASON_ATTR] == (
+            "concurrent_calls_limit"
+        )
+
+        await keeper.release()
+        assert keeper.lease_id is None and not await client.heartbeat("live")
+        await client.aclose()
+
+
+async def test_a_call_admitted_while_the_sidecar_was_down_takes_a_lease_once_it_is_up(
+    engine, database_url, tmp_path, one_call_org, unused_tcp_port
+):
+    client = SidecarClient(f"http://127.0.0.1:{unused_tcp_port}", SERVICE_TOKEN, timeout_s=1.0)
+    keeper = LeaseKeeper(client, CallIdentity("call-1", one_call_org, None, None), None)
+    await keeper.tick()  # nobody listens: the call goes on unleased
+    assert keeper.lease_id is None
+
+    app = create_app(make_config(database_url, tmp_path / "rec"), engine=engine)
+    with serving(app, port=unused_tcp_port):
+        await keeper.tick()
+        assert keeper.lease_id == "call-1" and await client.heartbeat("call-1")
+        await keeper.release()
+    await client.aclose()
+
+
+async def test_a_call_the_sidecar_cannot_place_is_left_alone(
+    engine, database_url, tmp_path, one_call_org, caplog
+):
+    app = create_app(make_config(database_url, tmp_path / "rec"), engine=engine)
+    with serving(app) as url:
+        client = SidecarClient(url, SERVICE_TOKEN)
+        keeper = LeaseKeeper(client, CallIdentity("call-1", None, 999_999, None), None)
+        with caplog.at_level("INFO", logger="agent.admission"):
+            await keeper.tick()
+            await keeper.tick()  # given up: no second request
+        assert keeper.lease_id is None
+        refusals = [r for r in caplog.records if "will not count" in r.getMessage()]
+        assert len(refusals) == 1 and refusals[0].reason == "unknown_agent"  # type: ignore[attr-defined]
+        await client.aclose()
 
 
 def test_the_worker_announces_itself_to_the_sidecar(engine, database_url, tmp_path):

@@ -31,6 +31,11 @@ class AdmissionIn(BaseModel):
     agent_id: int | None = Field(default=None, ge=1)
     dialled_number: str | None = Field(default=None, max_length=32)
     organisation_id: int | None = Field(default=None, ge=1)
+    resume: bool = Field(
+        default=False,
+        description="The call is live but lost its lease (or never had one): take its "
+        "slots again, over the limits if need be. Never refused for a quota.",
+    )
 
 
 class AdmissionOut(BaseModel):
@@ -53,7 +58,9 @@ class LeaseOut(BaseModel):
     summary="Admit a call (take its lease)",
 )
 def admit(body: AdmissionIn, resources: Resources) -> AdmissionOut | JSONResponse:
-    """200 with a ``lease_id`` to heartbeat, or 409 with ``reason`` and ``message``."""
+    """200 with a ``lease_id`` to heartbeat, or 409 with ``reason`` and ``message``.
+
+    A worker whose heartbeat answers 404 admits its live call again with ``resume``."""
     decision = resources.admissions.admit(AdmissionRequest(**body.model_dump()))
     out = AdmissionOut(
         admitted=decision.admitted,
