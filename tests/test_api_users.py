@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from storage.models import ApiKey, Role
 from tests.api_client import SidecarApi
 
@@ -58,3 +60,34 @@ def test_an_email_is_used_once_per_organisation(shared_sidecar: SidecarApi) -> N
     second = shared_sidecar.client.post("/v1/users", json=body, headers=admin.headers)
     assert first.status_code == 201
     assert (second.status_code, second.json()["reason"]) == (409, "email_taken")
+
+
+@pytest.mark.parametrize("resource", ["users", "keys", "agents"])
+def test_lists_page_by_limit_and_offset(shared_sidecar: SidecarApi, resource: str) -> None:
+    seed = shared_sidecar.seed
+    org = seed.organisation()
+    admin = seed.member(org, Role.admin)
+    for _ in range(2):
+        member = seed.member(org, Role.agent)
+        seed.agent(org, member.user_id)
+    client = shared_sidecar.client
+
+    def ids(**page: int) -> list[int]:
+        response = client.get(f"/v1/{resource}", params=page, headers=admin.headers)
+        assert response.status_code == 200, response.text
+        return [row["id"] for row in response.json()]
+
+    everything = ids()
+    assert len(everything) >= 2 and everything == sorted(everything)
+    assert ids(limit=1) == everything[:1]
+    assert ids(limit=1, offset=1) == everything[1:2]
+    assert ids(offset=len(everything)) == []
+
+
+@pytest.mark.parametrize("resource", ["users", "keys", "agents", "calls", "audit-log"])
+@pytest.mark.parametrize("page", [{"limit": 0}, {"limit": 501}, {"offset": -1}, {"limit": "x"}])
+def test_a_malformed_page_is_422(shared_sidecar: SidecarApi, resource: str, page: dict) -> None:
+    seed = shared_sidecar.seed
+    admin = seed.member(seed.organisation(), Role.admin)
+    response = shared_sidecar.client.get(f"/v1/{resource}", params=page, headers=admin.headers)
+    assert response.status_code == 422, response.text

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Query, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
@@ -179,3 +179,8 @@ def require_service_token(
 
 
 ServiceCaller = Depends(require_service_token)
+
+
+# every list route pages the same way: newest or lowest id first, ``limit`` rows from ``offset``
+Limit = Annotated[int, Query(ge=1, le=500, description="Rows to return (1-500).")]
+Offset = Annotated[int, Query(ge=0, description="Rows to skip.")]

@@ -17,7 +17,7 @@ from sqlmodel.sql.expression import SelectOfScalar
 
 from billing.admission import QuotaExceeded, check_can_create_agent
 from billing.api.audit_trail import audit
-from billing.api.deps import AgentEditor, AnyMember, DbSession, Principal, Resources
+from billing.api.deps import AgentEditor, AnyMember, DbSession, Limit, Offset, Principal, Resources
 from billing.api.errors import COMMON_RESPONSES, CONFLICT, NOT_FOUND, Conflict, Forbidden, NotFound
 from storage.models import Agent, Call, Role, User
 
@@ -62,8 +62,11 @@ class AgentPatch(BaseModel):
 
 
 @router.get("", response_model=list[AgentOut], summary="List agents")
-def list_agents(principal: AnyMember, session: DbSession) -> list[AgentOut]:
-    agents = session.exec(_visible_agents(principal).order_by(col(Agent.id))).all()
+def list_agents(
+    principal: AnyMember, session: DbSession, limit: Limit = 100, offset: Offset = 0
+) -> list[AgentOut]:
+    query = _visible_agents(principal).order_by(col(Agent.id)).offset(offset).limit(limit)
+    agents = session.exec(query).all()
     return [_out(agent) for agent in agents]
 
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 from sqlmodel import col, select
 
-from billing.api.deps import Admin, DbSession
+from billing.api.deps import Admin, DbSession, Limit, Offset
 from billing.api.errors import COMMON_RESPONSES
 from storage.models import AuditLog
 
@@ -31,8 +31,8 @@ def list_audit_log(
     principal: Admin,
     session: DbSession,
     action: Annotated[str | None, Query(max_length=100)] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> list[AuditEntryOut]:
     query = select(AuditLog).where(AuditLog.organisation_id == principal.organisation_id)
     if action is not None:

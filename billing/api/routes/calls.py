@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from billing.api.deps import AnyMember, DbSession, Principal
+from billing.api.deps import AnyMember, DbSession, Limit, Offset, Principal
 from billing.api.errors import COMMON_RESPONSES, NOT_FOUND, NotFound
 from storage.models import Agent, Call, Role
 
@@ -37,8 +37,8 @@ def list_calls(
     status: Annotated[str | None, Query(max_length=16)] = None,
     started_after: datetime | None = None,
     started_before: datetime | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> list[Call]:
     query = visible_calls(principal)
     if agent_id is not None:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
 from billing.api.audit_trail import audit
-from billing.api.deps import Admin, AnyMember, DbSession, Principal
+from billing.api.deps import Admin, AnyMember, DbSession, Limit, Offset, Principal
 from billing.api.errors import COMMON_RESPONSES, CONFLICT, NOT_FOUND, Conflict, NotFound
 from billing.keys import KeyRevokedError, issue_key, revoke_key, rotate_key
 from storage.models import ApiKey, User
@@ -43,11 +43,13 @@ class KeyCreate(BaseModel):
 
 
 @router.get("", response_model=list[KeyOut], summary="List keys (admins: all; others: own)")
-def list_keys(principal: AnyMember, session: DbSession) -> list[ApiKey]:
+def list_keys(
+    principal: AnyMember, session: DbSession, limit: Limit = 100, offset: Offset = 0
+) -> list[ApiKey]:
     query = select(ApiKey).where(ApiKey.organisation_id == principal.organisation_id)
     if not principal.is_admin:
         query = query.where(ApiKey.user_id == principal.user_id)
-    return list(session.exec(query.order_by(col(ApiKey.id))).all())
+    return list(session.exec(query.order_by(col(ApiKey.id)).offset(offset).limit(limit)).all())
 
 
 @router.post(

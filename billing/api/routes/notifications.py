@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from pydantic import BaseModel
 from sqlmodel import col, select
 
-from billing.api.deps import BillingReader, DbSession
+from billing.api.deps import BillingReader, DbSession, Limit, Offset
 from billing.api.errors import COMMON_RESPONSES
 from storage.models import Notification
 
@@ -29,8 +28,8 @@ class NotificationOut(BaseModel):
 def list_notifications(
     principal: BillingReader,
     session: DbSession,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> list[Notification]:
     query = (
         select(Notification)

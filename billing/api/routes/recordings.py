@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from billing.api.audit_trail import audit
-from billing.api.deps import AgentEditor, DbSession, Principal, Resources
+from billing.api.deps import AgentEditor, DbSession, Limit, Offset, Principal, Resources
 from billing.api.errors import COMMON_RESPONSES, NOT_FOUND, NotFound
 from billing.config import SidecarConfig
 from storage.models import Agent, Call, Recording, Role, utcnow
@@ -41,8 +41,8 @@ def list_recordings(
     principal: AgentEditor,
     session: DbSession,
     call_id: Annotated[str | None, Query(max_length=64)] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> list[Recording]:
     query = _visible_recordings(principal)
     if call_id is not None:

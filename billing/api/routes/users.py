@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, delete, select
 
 from billing.api.audit_trail import audit
-from billing.api.deps import Admin, DbSession, Principal
+from billing.api.deps import Admin, DbSession, Limit, Offset, Principal
 from billing.api.errors import COMMON_RESPONSES, CONFLICT, NOT_FOUND, Conflict, NotFound
 from storage.models import Agent, ApiKey, Role, User
 
@@ -39,12 +39,16 @@ class UserRoleChange(BaseModel):
 
 
 @router.get("", response_model=list[UserOut], summary="List users")
-def list_users(principal: Admin, session: DbSession) -> list[User]:
+def list_users(
+    principal: Admin, session: DbSession, limit: Limit = 100, offset: Offset = 0
+) -> list[User]:
     return list(
         session.exec(
             select(User)
             .where(User.organisation_id == principal.organisation_id)
             .order_by(col(User.id))
+            .offset(offset)
+            .limit(limit)
         ).all()
     )
 
