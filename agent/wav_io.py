@@ -129,26 +129,35 @@ class PlayedSegment:
     """Wall-clock time the first sample played."""
     pcm: list[bytes] = field(default_factory=list)
     played_until: float = 0.0
-    """Wall-clock time the last queued sample finishes playing."""
+    """Wall-clock time the last queued sample finishes playing (while not paused)."""
+    pauses: list[tuple[float, float]] = field(default_factory=list)
+    """(seconds of audio played before it, seconds it lasted) of each pause."""
     interrupted: bool = False
 
 
 class CapturedAudioOutput(AudioOutput):
     """A virtual speaker: audio "plays" in real time from when it arrives (a late frame
-    leaves a gap, as on a line), and a cleared buffer cuts the segment where playback was.
+    leaves a gap, as on a line), a pause holds it back until resumed (livekit pauses the
+    agent while the caller may be barging in, and resumes on a false interruption), and a
+    cleared buffer cuts the segment where playback was.
     """
 
     def __init__(self, sample_rate_hz: int = AGENT_SAMPLE_RATE_HZ) -> None:
         super().__init__(
             label="simulated-speaker",
-            capabilities=AudioOutputCapabilities(pause=False),
+            capabilities=AudioOutputCapabilities(pause=True),
             sample_rate=sample_rate_hz,
         )
         self.sample_rate_hz = sample_rate_hz
         self.segments: list[PlayedSegment] = []
         self._playing: PlayedSegment | None = None
-        self._interrupted = asyncio.Event()
+        self._changed = asyncio.Event()
+        """Set on pause, resume and clear: the playout wait looks again."""
         self._finish_task: asyncio.Task[None] | None = None
+        self._paused_at: float | None = None
+        self._paused_position_s = 0.0
+        self._held_s = 0.0
+        """Audio queued but not played when the pause began, plus what arrived since."""
 
     async def capture_frame(self, frame: rtc.AudioFrame) -> None:
         await super().capture_frame(frame)
@@ -161,19 +170,53 @@ class CapturedAudioOutput(AudioOutput):
         if seg.interrupted:
             return
         seg.pcm.append(bytes(frame.data))
-        seg.played_until = max(seg.played_until, now) + frame.duration
+        if self._paused_at is not None:
+            self._held_s += frame.duration
+        else:
+            seg.played_until = max(seg.played_until, now) + frame.duration
 
     def flush(self) -> None:
         super().flush()
         if self._playing is not None and self._finish_task is None:
             self._finish_task = asyncio.create_task(self._finish_when_played(self._playing))
 
+    def pause(self) -> None:
+        super().pause()
+        if self._paused_at is not None:
+            return
+        now = time.time()
+        self._paused_at = now
+        seg = self._playing
+        self._paused_position_s = self._position_s(seg, now) if seg else 0.0
+        self._held_s = max(0.0, seg.played_until - now) if seg else 0.0
+        self._changed.set()
+
+    def resume(self) -> None:
+        super().resume()
+        if self._paused_at is None:
+            return
+        now = time.time()
+        seg = self._playing
+        if seg is not None and not seg.interrupted:
+            # a segment that began during the pause waited only since it began
+            waited_s = now - max(self._paused_at, seg.started_at)
+            seg.pauses.append((self._paused_position_s, waited_s))
+            seg.played_until = now + self._held_s
+        self._paused_at = None
+        self._changed.set()
+
     async def _finish_when_played(self, seg: PlayedSegment) -> None:
-        remaining_s = max(0.0, seg.played_until - time.time())
-        with contextlib.suppress(TimeoutError):  # played to the end, not interrupted
-            await asyncio.wait_for(self._interrupted.wait(), timeout=remaining_s)
+        while not seg.interrupted:
+            if self._paused_at is None:
+                remaining_s = seg.played_until - time.time()
+                if remaining_s <= 0:
+                    break  # played to the end
+            else:
+                remaining_s = None  # held until resumed or cleared
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout=remaining_s)
         self._playing, self._finish_task = None, None
-        self._interrupted.clear()
         self.on_playback_finished(
             playback_position=self._duration(seg), interrupted=seg.interrupted
         )
@@ -182,25 +225,46 @@ class CapturedAudioOutput(AudioOutput):
         seg = self._playing
         if seg is None or seg.interrupted:
             return
-        played_s = max(0.0, min(time.time(), seg.played_until) - seg.started_at)
+        if self._paused_at is not None:
+            stopped_at, played_s = self._paused_at, self._paused_position_s
+            # the pause goes on for the next segment; the held audio is dropped
+            self._paused_at, self._held_s = time.time(), 0.0
+            self._paused_position_s = 0.0
+        else:
+            stopped_at = min(time.time(), seg.played_until)
+            played_s = self._position_s(seg, stopped_at)
         keep_bytes = int(played_s * self.sample_rate_hz) * 2
         seg.pcm = [b"".join(seg.pcm)[:keep_bytes]]
-        seg.played_until = seg.started_at + played_s
+        seg.played_until = stopped_at
         seg.interrupted = True
-        self._interrupted.set()
+        self._changed.set()
+
+    def _position_s(self, seg: PlayedSegment, at: float) -> float:
+        """Seconds of the segment's audio played by wall-clock time ``at`` (not paused)."""
+        return max(0.0, self._duration(seg) - max(0.0, seg.played_until - at))
 
     def _duration(self, seg: PlayedSegment) -> float:
         return sum(len(b) for b in seg.pcm) / 2 / self.sample_rate_hz
 
+    def _placed(self, seg: PlayedSegment, t0: float) -> list[tuple[int, np.ndarray]]:
+        """The segment's audio as (start sample on the timeline from ``t0``, samples)
+        pieces: a pause leaves silence between two pieces."""
+        pcm = np.frombuffer(b"".join(seg.pcm), dtype=np.int16)
+        pieces, cursor_s, taken = [], seg.started_at - t0, 0
+        for played_s, paused_s in seg.pauses:
+            cut = min(len(pcm), int(played_s * self.sample_rate_hz))
+            pieces.append((int(cursor_s * self.sample_rate_hz), pcm[taken:cut]))
+            cursor_s += (cut - taken) / self.sample_rate_hz + paused_s
+            taken = cut
+        pieces.append((int(cursor_s * self.sample_rate_hz), pcm[taken:]))
+        return [(max(0, start), piece) for start, piece in pieces]
+
     def render(self, t0: float) -> np.ndarray:
         """Everything played, as 16-bit mono, placed on a timeline starting at ``t0``."""
-        if not self.segments:
+        pieces = [piece for seg in self.segments for piece in self._placed(seg, t0)]
+        if not pieces:
             return np.zeros(0, dtype=np.int16)
-        end_s = max(s.played_until for s in self.segments) - t0
-        out = np.zeros(int(end_s * self.sample_rate_hz) + 1, dtype=np.int16)
-        for seg in self.segments:
-            pcm = np.frombuffer(b"".join(seg.pcm), dtype=np.int16)
-            start = max(0, int((seg.started_at - t0) * self.sample_rate_hz))
-            pcm = pcm[: len(out) - start]
+        out = np.zeros(max(start + len(pcm) for start, pcm in pieces) + 1, dtype=np.int16)
+        for start, pcm in pieces:
             out[start : start + len(pcm)] = pcm
         return out
