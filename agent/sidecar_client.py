@@ -62,8 +62,11 @@ class SidecarClient:
         )
 
     async def heartbeat(self, lease_id: str) -> bool:
-        """Extend the lease; False when the sidecar no longer knows it."""
+        """Extend the lease; False when the sidecar no longer knows it (404). Raises
+        SidecarUnavailable for any other answer (e.g. 503 while its Redis is down)."""
         resp = await self._request("POST", f"/internal/admissions/{lease_id}/heartbeat")
+        if resp.status_code not in (200, 404):
+            raise SidecarUnavailable(f"heartbeat answered {resp.status_code}: {resp.text[:200]}")
         return resp.status_code == 200
 
     async def release(self, lease_id: str) -> None:

@@ -168,3 +168,26 @@ def test_the_worker_announces_itself_to_the_sidecar(engine, database_url, tmp_pa
 
 def test_no_sidecar_link_without_a_sidecar_url():
     assert start_sidecar_link(Settings(sidecar_url="")) is None
+
+
+async def test_a_sidecar_error_on_heartbeat_keeps_the_lease_for_the_next_try(
+    engine, database_url, tmp_path, one_call_org
+):
+    """A 401/503 is not a lost lease: the keeper keeps it and heart-beats it next time."""
+    app = create_app(make_config(database_url, tmp_path / "rec"), engine=engine)
+    with serving(app) as url:
+        good = SidecarClient(url, SERVICE_TOKEN)
+        assert (
+            await good.admit(
+                "call-1", organisation_id=one_call_org, agent_id=None, dialled_number=None
+            )
+        ).admitted
+        wrong = SidecarClient(url, "not-the-token-0123456789")
+        keeper = LeaseKeeper(wrong, CallIdentity("call-1", one_call_org, None, None), "call-1")
+        await keeper.tick()
+        assert keeper.lease_id == "call-1"
+        await keeper.release()  # refused too: the lease will expire by its TTL
+        assert await good.heartbeat("call-1")
+        await good.release("call-1")
+        await wrong.aclose()
+        await good.aclose()
