@@ -8,41 +8,54 @@ Exactly once, on both databases:
 
 - a billing event is identified by ``billing_events.idempotency_key`` and a payment by
   ``payments (provider, provider_payment_id)``, both UNIQUE in the schema;
-- a delivery first looks the identity up and returns the stored row if it is there
-  (no lock taken, nothing written);
+- a delivery first looks the identities up and returns the stored rows it finds (no lock
+  taken, nothing written);
 - otherwise it locks the organisation row (``SELECT ... FOR UPDATE`` on PostgreSQL; on
   SQLite every write transaction already holds the database lock from ``BEGIN
   IMMEDIATE``), looks again (a concurrent delivery may have committed while we waited),
-  and inserts the row inside a SAVEPOINT *before* touching the balance. If the insert
-  still hits the UNIQUE constraint, the savepoint is rolled back and the stored row is
-  returned, so the losing delivery never reaches the balance;
+  and inserts the rows inside a SAVEPOINT *before* touching the balance (events with
+  ``ON CONFLICT DO NOTHING``: if any key was taken meanwhile, by another organisation's
+  transaction that the lock does not serialise, the savepoint is rolled back and the
+  batch looked at again), so a losing delivery never reaches the balance;
 - the balance moves with one ``UPDATE ... SET balance_minor = balance_minor + :delta
-  RETURNING balance_minor``, never a read-modify-write in Python.
+  RETURNING balance_minor``, never a read-modify-write in Python, and never past
+  ``MAX_BALANCE_MINOR`` either side of zero (``billing.pricing``).
 
 Locking the organisation before inserting also means two transactions that apply
 overlapping batches for one organisation queue on that one row instead of deadlocking on
-each other's uncommitted keys; :func:`apply_events` orders a batch by organisation so
-batches spanning organisations cannot deadlock either. PostgreSQL must run at READ
+each other's uncommitted keys; :func:`apply_event_batch` takes organisations in id order
+so batches spanning organisations cannot deadlock either. PostgreSQL must run at READ
 COMMITTED (its default), so the second look sees rows committed while we waited.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import func, insert, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, SQLModel, col, select
 
-from billing.audit import SYSTEM_ACTOR, record_audit
-from billing.pricing import MAX_CALL_ID_CHARS, EventDraft, UsageLine, price_minor
+from billing.audit import SYSTEM_ACTOR, audit_values, record_audit
+from billing.pricing import (
+    MAX_AMOUNT_MINOR,
+    MAX_BALANCE_MINOR,
+    MAX_BLOCK_PRICE_MINOR,
+    MAX_CALL_ID_CHARS,
+    EventDraft,
+    UsageLine,
+    block_price_minor,
+    price_minor,
+)
 from billing.webhooks import PaymentNotice
 from storage.models import (
+    ROW_ID_MAX,
+    AuditLog,
     BillingEvent,
     Call,
     Organisation,
@@ -67,122 +80,335 @@ _MAX_PAYMENT_ID_CHARS = 200
 
 
 class LedgerError(Exception):
-    """An event or payment that cannot be applied as given: unknown organisation, a
-    currency that is not the organisation's, a call of another organisation, an invalid
-    quantity. The call that raises it has written nothing (earlier calls in the same
+    """An event or payment that cannot be applied as given. ``reason`` is a stable word
+    (one of the ``REJECTED_*`` constants) and ``permanent`` says whether delivering it again
+    can ever succeed: an unknown organisation, an invalid quantity or a call of another
+    organisation never will; a plan priced in the wrong currency may once an operator fixes
+    the plan. The call that raises it has written nothing (earlier calls in the same
     transaction are the caller's to keep or roll back)."""
+
+    def __init__(self, message: str, *, reason: str, permanent: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+        self.permanent = permanent
+
+
+REJECTED_INVALID = "invalid_event"
+REJECTED_UNKNOWN_ORGANISATION = "unknown_organisation"
+REJECTED_FOREIGN_CALL = "call_of_another_organisation"
+REJECTED_AMOUNT_TOO_LARGE = "amount_too_large"
+REJECTED_PLAN_MISCONFIGURED = "plan_misconfigured"
+REJECTED_BALANCE_OUT_OF_RANGE = "balance_out_of_range"
+REJECTED_CURRENCY = "currency_mismatch"
+
+
+@dataclass(frozen=True)
+class EventOutcome:
+    """What applying one draft did. Applied: ``event`` is the new row and ``created`` is
+    True. Already applied before (or earlier in the same batch): ``event`` is the stored
+    row and ``created`` False. Refused: ``error`` says why, and nothing was written for it."""
+
+    event: BillingEvent | None
+    created: bool
+    error: LedgerError | None = None
+
+
+_ATTEMPTS = 3
+"""How often a batch is retried after losing a race it cannot see before inserting (a
+concurrent transaction of *another* organisation taking the same key or call id)."""
+
+
+def apply_event_batch(
+    session: Session, drafts: Sequence[EventDraft], *, actor: str = SYSTEM_ACTOR
+) -> list[EventOutcome]:
+    """Price each draft with its organisation's plan and charge it, exactly once; one
+    outcome per draft, in order. A refused draft writes nothing and does not stop the
+    others; nothing is committed (the caller's transaction holds it all).
+
+    An applied event decrements its organisation's balance by its price and writes a
+    ``billing_events`` row (with ``balance_after_minor``), a ``usage_records`` row and an
+    ``audit_log`` row (and a ``calls`` row for an unknown call). A draft whose key was
+    applied before changes nothing, whatever else it says (a differing one is logged).
+
+    Set-based, so a batch costs a dozen statements per organisation, not per event: the
+    known keys in one query, then per organisation (in id order, so concurrent batches
+    cannot deadlock) its row locked, the keys looked up again under the lock, the calls
+    checked and the rows inserted in bulk inside a SAVEPOINT, and the balance moved once.
+    Raises :class:`LedgerError` only for an invalid ``actor`` (the caller's own bug).
+    """
+    _check_length("actor", actor, _MAX_ACTOR_CHARS, reason=REJECTED_INVALID)
+    outcomes: list[EventOutcome | None] = [None] * len(drafts)
+    first_of_key: dict[str, int] = {}
+    by_organisation: dict[int, list[int]] = {}
+    for i, draft in enumerate(drafts):
+        try:
+            _check_event(draft)
+        except LedgerError as exc:
+            outcomes[i] = EventOutcome(None, False, exc)
+            continue
+        if draft.idempotency_key in first_of_key:
+            continue  # filled in from the first at the end
+        first_of_key[draft.idempotency_key] = i
+        by_organisation.setdefault(draft.organisation_id, []).append(i)
+
+    known = _events_by_keys(session, list(first_of_key))
+    for organisation_id in sorted(by_organisation):
+        indexes = [
+            i for i in by_organisation[organisation_id] if drafts[i].idempotency_key not in known
+        ]
+        for i in by_organisation[organisation_id]:
+            stored = known.get(drafts[i].idempotency_key)
+            if stored is not None:
+                outcomes[i] = EventOutcome(_duplicate_event(stored, drafts[i]), False)
+        if indexes:
+            applied = _apply_for_organisation(session, [drafts[i] for i in indexes], actor)
+            for i, outcome in zip(indexes, applied, strict=True):
+                outcomes[i] = outcome
+
+    for i, draft in enumerate(drafts):
+        if outcomes[i] is None:  # a key repeated in the batch: the first one's result
+            first = outcomes[first_of_key[draft.idempotency_key]]
+            assert first is not None
+            outcomes[i] = EventOutcome(first.event, False, first.error)
+    return [outcome for outcome in outcomes if outcome is not None]
 
 
 def apply_event(
     session: Session, draft: EventDraft, *, actor: str = SYSTEM_ACTOR
 ) -> tuple[BillingEvent, bool]:
-    """Price ``draft`` with its organisation's plan and charge it, exactly once.
-
-    Returns ``(event, True)`` when this call applied it: the balance is decremented by the
-    price, and a ``billing_events`` row (with ``balance_after_minor``), a ``usage_records``
-    row and an ``audit_log`` row are written in the caller's transaction (a ``calls`` row
-    too, if the call is unknown). Returns ``(stored event, False)`` and changes nothing if
-    an event with ``draft.idempotency_key`` exists, whatever else the draft says (a
-    differing one is logged as a warning).
-
-    Raises :class:`LedgerError` (nothing written) for an unknown organisation, a plan whose
-    currency is not the organisation's, a call that belongs to another organisation, or an
-    invalid key, call id, kind, quantity or actor.
-    """
-    _check_event(draft, actor)
-    existing = _event_by_key(session, draft.idempotency_key)
-    if existing is not None:
-        return _duplicate_event(existing, draft), False
-
-    org, plan = _lock_organisation(session, draft.organisation_id)
-    # looked up again under the lock: a concurrent delivery may have committed meanwhile
-    existing = _event_by_key(session, draft.idempotency_key)
-    if existing is not None:
-        return _duplicate_event(existing, draft), False
-
-    if plan.currency != org.currency:
-        raise LedgerError(f"organisation {org.id} has no plan priced in {org.currency}")
-    kind = UsageKind(draft.kind)  # checked by _check_event
-    try:
-        amount_minor = price_minor(plan, kind, draft.quantity)
-    except ValueError as exc:  # a negative price in the plan
-        raise LedgerError(f"cannot price {draft.idempotency_key!r}: {exc}") from None
-
-    now = datetime.now(UTC)
-    event = BillingEvent(
-        idempotency_key=draft.idempotency_key,
-        organisation_id=draft.organisation_id,
-        call_id=draft.call_id,
-        kind=kind,
-        quantity=draft.quantity,
-        amount_minor=amount_minor,
-        currency=org.currency,
-        balance_after_minor=0,  # set below, once the balance has moved
-        created_at=now,
-    )
-    # the call row goes in with the event, so a losing delivery leaves no trace
-    if not _insert_once(
-        session, event, before=lambda: _ensure_call(session, draft.call_id, draft.organisation_id)
-    ):
-        stored = _event_by_key(session, draft.idempotency_key)
-        if stored is None:  # the constraint that failed was not the key's
-            raise LedgerError(f"billing event {draft.idempotency_key!r} violates a constraint")
-        return _duplicate_event(stored, draft), False
-
-    event.balance_after_minor = _add_to_balance(session, draft.organisation_id, -amount_minor)
-    session.add(
-        UsageRecord(
-            organisation_id=draft.organisation_id,
-            call_id=draft.call_id,
-            kind=kind,
-            quantity=draft.quantity,
-            recorded_at=now,
-        )
-    )
-    record_audit(
-        session,
-        organisation_id=draft.organisation_id,
-        actor=actor,
-        action="billing_event.applied",
-        subject=draft.idempotency_key,
-        detail={
-            "kind": kind.value,
-            "quantity": draft.quantity,
-            "amount_minor": amount_minor,
-            "currency": org.currency,
-            "balance_after_minor": event.balance_after_minor,
-        },
-    )
-    session.flush()
-    log.info(
-        "billing event applied",
-        extra={
-            "idempotency_key": draft.idempotency_key,
-            "organisation_id": draft.organisation_id,
-            "amount_minor": amount_minor,
-            "balance_after_minor": event.balance_after_minor,
-        },
-    )
-    return event, True
+    """:func:`apply_event_batch` for one draft: ``(event, True)`` when this call applied
+    it, ``(stored event, False)`` when it had been. Raises :class:`LedgerError` (nothing
+    written) when it is refused."""
+    (outcome,) = apply_event_batch(session, [draft], actor=actor)
+    if outcome.error is not None:
+        raise outcome.error
+    assert outcome.event is not None
+    return outcome.event, outcome.created
 
 
 def apply_events(
     session: Session, drafts: Sequence[EventDraft], *, actor: str = SYSTEM_ACTOR
 ) -> list[tuple[BillingEvent, bool]]:
-    """:func:`apply_event` for each draft, in one transaction; results in input order.
+    """All of ``drafts`` or none: as :func:`apply_event_batch`, but raises the first
+    refusal's :class:`LedgerError`, and the caller's rollback then undoes the batch."""
+    results: list[tuple[BillingEvent, bool]] = []
+    for outcome in apply_event_batch(session, drafts, actor=actor):
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.event is not None
+        results.append((outcome.event, outcome.created))
+    return results
 
-    Drafts are applied ordered by organisation (then key), so two concurrent batches lock
-    organisations in the same order and cannot deadlock. Raises :class:`LedgerError` as
-    :func:`apply_event` does; the caller's rollback then undoes the whole batch.
-    """
-    order = sorted(
-        range(len(drafts)),
-        key=lambda i: (drafts[i].organisation_id, drafts[i].idempotency_key),
+
+def _apply_for_organisation(
+    session: Session, drafts: list[EventDraft], actor: str
+) -> list[EventOutcome]:
+    """Apply one organisation's drafts (unique keys, none known a moment ago)."""
+    organisation_id = drafts[0].organisation_id
+    for _ in range(_ATTEMPTS):
+        locked = _lock_organisation(session, organisation_id)
+        if locked is None:
+            error = LedgerError(
+                f"unknown organisation {organisation_id}",
+                reason=REJECTED_UNKNOWN_ORGANISATION,
+                permanent=True,
+            )
+            return [EventOutcome(None, False, error)] * len(drafts)
+        org, plan = locked
+        outcomes = _price_under_lock(session, org, plan, drafts)
+        accepted = [
+            (draft, outcome.event)
+            for draft, outcome in zip(drafts, outcomes, strict=True)
+            if outcome.created and outcome.event is not None
+        ]
+        if not accepted or _insert_events(session, organisation_id, accepted):
+            break
+        # lost a race to another organisation's transaction: look again
+    else:
+        raise LedgerError(
+            f"billing events of organisation {organisation_id} kept losing races",
+            reason=REJECTED_INVALID,
+            permanent=False,
+        )
+    if accepted:
+        final = accepted[-1][1].balance_after_minor
+        delta = final - org.balance_minor
+        _write_usage_and_audit(session, accepted, org.currency, actor)
+        moved_to = _add_to_balance(session, organisation_id, delta)
+        assert moved_to == final, "the balance moved while its organisation was locked"
+    return outcomes
+
+
+def _price_under_lock(
+    session: Session, org: Organisation, plan: Plan, drafts: list[EventDraft]
+) -> list[EventOutcome]:
+    """Each draft's outcome if it were inserted now: duplicates (looked up again under the
+    lock), refusals, and for the rest a priced, unsaved event (``created``) carrying its
+    running ``balance_after_minor``."""
+    assert org.id is not None
+    stored = _events_by_keys(session, [d.idempotency_key for d in drafts])
+    owners = _call_owners(session, {d.call_id for d in drafts})
+    balance = org.balance_minor
+    now = datetime.now(UTC)
+    outcomes: list[EventOutcome] = []
+    for draft in drafts:
+        existing = stored.get(draft.idempotency_key)
+        if existing is not None:
+            outcomes.append(EventOutcome(_duplicate_event(existing, draft), False))
+            continue
+        try:
+            amount_minor = _price(org, plan, draft)
+            if owners.get(draft.call_id, org.id) != org.id:
+                raise LedgerError(
+                    f"call {draft.call_id!r} belongs to another organisation",
+                    reason=REJECTED_FOREIGN_CALL,
+                    permanent=True,
+                )
+            balance_after = _bounded_balance(balance - amount_minor)
+        except LedgerError as exc:
+            outcomes.append(EventOutcome(None, False, exc))
+            continue
+        balance = balance_after
+        event = BillingEvent(
+            idempotency_key=draft.idempotency_key,
+            organisation_id=org.id,
+            call_id=draft.call_id,
+            kind=UsageKind(draft.kind),
+            quantity=draft.quantity,
+            amount_minor=amount_minor,
+            currency=org.currency,
+            balance_after_minor=balance_after,
+            created_at=now,
+        )
+        outcomes.append(EventOutcome(event, True))
+    return outcomes
+
+
+def _price(org: Organisation, plan: Plan, draft: EventDraft) -> int:
+    if plan.currency != org.currency:
+        raise LedgerError(
+            f"organisation {org.id} has no plan priced in {org.currency}",
+            reason=REJECTED_CURRENCY,
+            permanent=False,
+        )
+    kind = UsageKind(draft.kind)  # checked by _check_event
+    if not 0 <= block_price_minor(plan, kind) <= MAX_BLOCK_PRICE_MINOR:
+        raise LedgerError(
+            f"plan {plan.name!r} prices {kind.value} outside 0..{MAX_BLOCK_PRICE_MINOR}",
+            reason=REJECTED_PLAN_MISCONFIGURED,
+            permanent=False,
+        )
+    try:
+        return price_minor(plan, kind, draft.quantity)
+    except ValueError as exc:  # the amount is above MAX_AMOUNT_MINOR
+        raise LedgerError(
+            f"cannot price {draft.idempotency_key!r}: {exc}",
+            reason=REJECTED_AMOUNT_TOO_LARGE,
+            permanent=True,
+        ) from None
+
+
+def _bounded_balance(balance_minor: int) -> int:
+    if not -MAX_BALANCE_MINOR <= balance_minor <= MAX_BALANCE_MINOR:
+        raise LedgerError(
+            f"the balance would leave -{MAX_BALANCE_MINOR}..{MAX_BALANCE_MINOR} minor units",
+            reason=REJECTED_BALANCE_OUT_OF_RANGE,
+            permanent=False,
+        )
+    return balance_minor
+
+
+def _insert_events(
+    session: Session, organisation_id: int, accepted: list[tuple[EventDraft, BillingEvent]]
+) -> bool:
+    """Insert the unknown calls and the events in one SAVEPOINT; False, with it rolled
+    back, if another transaction took one of the keys or call ids meanwhile."""
+    events = [event for _, event in accepted]
+    call_ids = {event.call_id for event in events}
+    with session.begin_nested() as savepoint:
+        now = datetime.now(UTC)
+        session.execute(
+            _insert_ignoring_conflicts(session, Call).values(
+                [
+                    {
+                        "id": call_id,
+                        "organisation_id": organisation_id,
+                        "status": CALL_STATUS_BILLED,
+                        "started_at": now,
+                    }
+                    for call_id in sorted(call_ids)
+                ]
+            )
+        )
+        owners = _call_owners(session, call_ids)
+        inserted: dict[str, int] = {}
+        if all(owner == organisation_id for owner in owners.values()):
+            rows = session.execute(
+                _insert_ignoring_conflicts(session, BillingEvent)
+                .values([_event_values(event) for event in events])
+                .returning(col(BillingEvent.idempotency_key), col(BillingEvent.id))
+            ).all()
+            inserted = {key: event_id for key, event_id in rows}
+        if len(inserted) != len(events):
+            savepoint.rollback()
+            return False
+    for event in events:
+        event.id = inserted[event.idempotency_key]
+    return True
+
+
+def _event_values(event: BillingEvent) -> dict[str, Any]:
+    return {name: getattr(event, name) for name in BillingEvent.model_fields if name != "id"}
+
+
+def _write_usage_and_audit(
+    session: Session, accepted: list[tuple[EventDraft, BillingEvent]], currency: str, actor: str
+) -> None:
+    session.execute(
+        insert(UsageRecord).values(
+            [
+                {
+                    "organisation_id": event.organisation_id,
+                    "call_id": event.call_id,
+                    "kind": event.kind,
+                    "quantity": event.quantity,
+                    "recorded_at": event.created_at,
+                }
+                for _, event in accepted
+            ]
+        )
     )
-    results: dict[int, tuple[BillingEvent, bool]] = {}
-    for i in order:
-        results[i] = apply_event(session, drafts[i], actor=actor)
-    return [results[i] for i in range(len(drafts))]
+    session.execute(
+        insert(AuditLog).values(
+            [
+                audit_values(
+                    organisation_id=event.organisation_id,
+                    actor=actor,
+                    action="billing_event.applied",
+                    subject=event.idempotency_key,
+                    detail={
+                        "kind": UsageKind(event.kind).value,
+                        "quantity": event.quantity,
+                        "amount_minor": event.amount_minor,
+                        "currency": currency,
+                        "balance_after_minor": event.balance_after_minor,
+                    },
+                )
+                for _, event in accepted
+            ]
+        )
+    )
+    for _, event in accepted:
+        log.info(
+            "billing event applied",
+            extra={
+                "idempotency_key": event.idempotency_key,
+                "organisation_id": event.organisation_id,
+                "amount_minor": event.amount_minor,
+                "balance_after_minor": event.balance_after_minor,
+            },
+        )
 
 
 def apply_payment(session: Session, notice: PaymentNotice, *, actor: str) -> tuple[Payment, bool]:
@@ -196,23 +422,40 @@ def apply_payment(session: Session, notice: PaymentNotice, *, actor: str) -> tup
     Raises :class:`LedgerError` (nothing written) for an unknown organisation, a currency
     that is not the organisation's, a non-positive amount, or an invalid id or actor.
     """
-    _check_length("actor", actor, _MAX_ACTOR_CHARS)
-    _check_length("provider", notice.provider, _MAX_PROVIDER_CHARS)
-    _check_length("provider payment id", notice.provider_payment_id, _MAX_PAYMENT_ID_CHARS)
+    for what, value, max_chars in (
+        ("actor", actor, _MAX_ACTOR_CHARS),
+        ("provider", notice.provider, _MAX_PROVIDER_CHARS),
+        ("provider payment id", notice.provider_payment_id, _MAX_PAYMENT_ID_CHARS),
+    ):
+        _check_length(what, value, max_chars, reason=REJECTED_INVALID)
     existing = _payment_by_id(session, notice.provider, notice.provider_payment_id)
     if existing is not None:
         return _duplicate_payment(existing, notice), False
 
-    org, _ = _lock_organisation(session, notice.organisation_id)
+    locked = _lock_organisation(session, notice.organisation_id)
+    if locked is None:
+        raise LedgerError(
+            f"unknown organisation {notice.organisation_id}",
+            reason=REJECTED_UNKNOWN_ORGANISATION,
+            permanent=True,
+        )
+    org, _ = locked
     existing = _payment_by_id(session, notice.provider, notice.provider_payment_id)
     if existing is not None:
         return _duplicate_payment(existing, notice), False
     if notice.currency != org.currency:
         raise LedgerError(
-            f"payment in {notice.currency} for organisation {org.id} billed in {org.currency}"
+            f"payment in {notice.currency} for organisation {org.id} billed in {org.currency}",
+            reason=REJECTED_CURRENCY,
+            permanent=True,
         )
-    if notice.amount_minor <= 0:
-        raise LedgerError(f"payment amount must be positive, got {notice.amount_minor}")
+    if not 0 < notice.amount_minor <= MAX_AMOUNT_MINOR:
+        raise LedgerError(
+            f"payment amount must be 1..{MAX_AMOUNT_MINOR}, got {notice.amount_minor}",
+            reason=REJECTED_INVALID,
+            permanent=True,
+        )
+    _bounded_balance(org.balance_minor + notice.amount_minor)
 
     payment = Payment(
         organisation_id=notice.organisation_id,
@@ -226,7 +469,11 @@ def apply_payment(session: Session, notice: PaymentNotice, *, actor: str) -> tup
     if not _insert_once(session, payment):
         stored = _payment_by_id(session, notice.provider, notice.provider_payment_id)
         if stored is None:
-            raise LedgerError(f"payment {notice.provider_payment_id!r} violates a constraint")
+            raise LedgerError(
+                f"payment {notice.provider_payment_id!r} violates a constraint",
+                reason=REJECTED_INVALID,
+                permanent=False,
+            )
         return _duplicate_payment(stored, notice), False
 
     payment.balance_after_minor = _add_to_balance(
@@ -268,7 +515,11 @@ def balance_minor(session: Session, organisation_id: int) -> tuple[int, str]:
         )
     ).first()
     if row is None:
-        raise LedgerError(f"unknown organisation {organisation_id}")
+        raise LedgerError(
+            f"unknown organisation {organisation_id}",
+            reason=REJECTED_UNKNOWN_ORGANISATION,
+            permanent=True,
+        )
     return row[0], row[1]
 
 
@@ -314,24 +565,33 @@ def monthly_usage(session: Session, organisation_id: int, year: int, month: int)
     return MonthlyUsage(quantities=quantities, amount_minor=amount_minor, currency=currency)
 
 
-def _check_event(draft: EventDraft, actor: str) -> None:
-    _check_length("actor", actor, _MAX_ACTOR_CHARS)
-    _check_length("idempotency key", draft.idempotency_key, _MAX_KEY_CHARS)
-    _check_length("call id", draft.call_id, MAX_CALL_ID_CHARS)
+def _check_event(draft: EventDraft) -> None:
+    _check_length("idempotency key", draft.idempotency_key, _MAX_KEY_CHARS, reason=REJECTED_INVALID)
+    _check_length("call id", draft.call_id, MAX_CALL_ID_CHARS, reason=REJECTED_INVALID)
     try:
+        organisation_id = draft.organisation_id
+        if isinstance(organisation_id, bool) or not isinstance(organisation_id, int):
+            raise ValueError("organisation id must be an integer")
+        if not 1 <= organisation_id <= ROW_ID_MAX:
+            raise ValueError(f"organisation id must be 1..{ROW_ID_MAX}")
         UsageLine(UsageKind(draft.kind), draft.quantity)
     except ValueError as exc:
-        raise LedgerError(f"invalid billing event {draft.idempotency_key!r}: {exc}") from None
+        raise LedgerError(
+            f"invalid billing event {draft.idempotency_key!r}: {exc}",
+            reason=REJECTED_INVALID,
+            permanent=True,
+        ) from None
 
 
-def _check_length(what: str, value: str, max_chars: int) -> None:
-    if not value or len(value) > max_chars:
-        raise LedgerError(f"{what} must be 1..{max_chars} characters")
+def _check_length(what: str, value: str, max_chars: int, *, reason: str) -> None:
+    if not isinstance(value, str) or not value or len(value) > max_chars:
+        message = f"{what} must be 1..{max_chars} characters"
+        raise LedgerError(message, reason=reason, permanent=True)
 
 
-def _lock_organisation(session: Session, organisation_id: int) -> tuple[Organisation, Plan]:
+def _lock_organisation(session: Session, organisation_id: int) -> tuple[Organisation, Plan] | None:
     """The organisation, locked until the transaction ends, and its plan (not locked:
-    organisations on one plan must not queue on each other)."""
+    organisations on one plan must not queue on each other); None if it does not exist."""
     row = session.exec(
         select(Organisation, Plan)
         .join(Plan, col(Plan.id) == Organisation.plan_id)
@@ -340,26 +600,30 @@ def _lock_organisation(session: Session, organisation_id: int) -> tuple[Organisa
         .with_for_update(of=Organisation)
         .execution_options(populate_existing=True)
     ).first()
-    if row is None:
-        raise LedgerError(f"unknown organisation {organisation_id}")
-    return row[0], row[1]
+    return None if row is None else (row[0], row[1])
 
 
-def _insert_once(
-    session: Session, row: BillingEvent | Payment, *, before: Callable[[], None] | None = None
-) -> bool:
-    """Run ``before`` and insert ``row`` in one SAVEPOINT. Returns False, with the savepoint
-    rolled back and nothing else touched, if the insert violates a constraint (e.g. a
-    concurrent delivery won the key); any error from ``before`` also rolls it back."""
+def _insert_once(session: Session, row: Payment) -> bool:
+    """Insert ``row`` in a SAVEPOINT. Returns False, with the savepoint rolled back and
+    nothing else touched, if the insert violates a constraint (e.g. a concurrent delivery
+    won the key)."""
     try:
         with session.begin_nested():
-            if before is not None:
-                before()
             session.add(row)
             session.flush()
     except IntegrityError:
         return False
     return True
+
+
+def _insert_ignoring_conflicts(session: Session, model: type[SQLModel]) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING`` for the session's database."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(model).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        return sqlite.insert(model).on_conflict_do_nothing()
+    raise RuntimeError(f"unsupported database {dialect!r}")
 
 
 def _add_to_balance(session: Session, organisation_id: int, delta_minor: int) -> int:
@@ -374,36 +638,23 @@ def _add_to_balance(session: Session, organisation_id: int, delta_minor: int) ->
     return int(session.exec(statement).scalar_one())
 
 
-def _ensure_call(session: Session, call_id: str, organisation_id: int) -> None:
-    """Make sure ``calls`` has ``call_id`` (``usage_records.call_id`` references it) and
-    that it is the organisation's; raises LedgerError if it is another's."""
-    owner = _call_owner(session, call_id)
-    if owner is None:
-        values: dict[str, Any] = {
-            "id": call_id,
-            "organisation_id": organisation_id,
-            "status": CALL_STATUS_BILLED,
-            "started_at": datetime.now(UTC),
-        }
-        # ON CONFLICT DO NOTHING: another organisation's transaction may insert it meanwhile
-        dialect = session.get_bind().dialect.name
-        if dialect == "postgresql":
-            session.exec(postgresql.insert(Call).values(values).on_conflict_do_nothing())
-        elif dialect == "sqlite":
-            session.exec(sqlite.insert(Call).values(values).on_conflict_do_nothing())
-        else:
-            raise LedgerError(f"unsupported database {dialect!r}")
-        owner = _call_owner(session, call_id)
-    if owner != organisation_id:
-        raise LedgerError(f"call {call_id!r} belongs to another organisation")
+def _call_owners(session: Session, call_ids: set[str]) -> dict[str, int]:
+    """The organisation of each of ``call_ids`` that ``calls`` holds."""
+    if not call_ids:
+        return {}
+    rows = session.exec(
+        select(Call.id, Call.organisation_id).where(col(Call.id).in_(sorted(call_ids)))
+    ).all()
+    return {call_id: owner for call_id, owner in rows}
 
 
-def _call_owner(session: Session, call_id: str) -> int | None:
-    return session.exec(select(Call.organisation_id).where(Call.id == call_id)).first()
-
-
-def _event_by_key(session: Session, key: str) -> BillingEvent | None:
-    return session.exec(select(BillingEvent).where(BillingEvent.idempotency_key == key)).first()
+def _events_by_keys(session: Session, keys: list[str]) -> dict[str, BillingEvent]:
+    if not keys:
+        return {}
+    rows = session.exec(
+        select(BillingEvent).where(col(BillingEvent.idempotency_key).in_(keys))
+    ).all()
+    return {event.idempotency_key: event for event in rows}
 
 
 def _payment_by_id(session: Session, provider: str, payment_id: str) -> Payment | None:

@@ -41,10 +41,15 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL,
     delivered_at REAL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    rejected_at REAL,
+    rejection TEXT
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (delivered_at, next_attempt_at);
 """
+# columns added since the first release, for outbox files made before them
+_ADDED_COLUMNS = {"rejected_at": "REAL", "rejection": "TEXT"}
+_PENDING = "delivered_at IS NULL AND rejected_at IS NULL"
 
 
 _Outcome = Literal["delivered", "retry", "refused"]
@@ -80,6 +85,10 @@ class Outbox:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            have = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+            for column, sql_type in _ADDED_COLUMNS.items():
+                if column not in have:
+                    db.execute(f"ALTER TABLE outbox ADD COLUMN {column} {sql_type}")
 
     def add(self, drafts: Sequence[EventDraft]) -> int:
         """Store ``drafts`` for delivery; returns how many were new. Durable on return
@@ -104,7 +113,7 @@ class Outbox:
         at = self._clock() if now is None else now
         with self._lock:
             rows = self._db.execute(
-                "SELECT payload FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= ?"
+                f"SELECT payload FROM outbox WHERE {_PENDING} AND next_attempt_at <= ?"
                 " ORDER BY next_attempt_at, rowid LIMIT ?",
                 (at, limit),
             ).fetchall()
@@ -129,8 +138,7 @@ class Outbox:
         with self._transaction() as db:
             for key in keys:
                 row = db.execute(
-                    "SELECT attempts FROM outbox WHERE idempotency_key = ?"
-                    " AND delivered_at IS NULL",
+                    f"SELECT attempts FROM outbox WHERE idempotency_key = ? AND {_PENDING}",
                     (key,),
                 ).fetchone()
                 if row is None:
@@ -141,13 +149,31 @@ class Outbox:
                     (attempts, at + backoff_s(attempts), key),
                 )
 
+    def mark_rejected(self, key: str, reason: str) -> None:
+        """Set ``key`` aside: the sidecar refused it for good (an unknown organisation, an
+        impossible quantity), so sending it again can never succeed. It is kept, never
+        offered again and never deleted, for an operator (:meth:`rejected`)."""
+        with self._transaction() as db:
+            db.execute(
+                f"UPDATE outbox SET rejected_at = ?, rejection = ? WHERE idempotency_key = ?"
+                f" AND {_PENDING}",
+                (self._clock(), reason[:500], key),
+            )
+
     def pending_count(self) -> int:
-        """How many events are not delivered yet, due or not."""
+        """How many events are waiting for delivery, due or not (rejected ones excluded)."""
         with self._lock:
-            (count,) = self._db.execute(
-                "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL"
-            ).fetchone()
+            (count,) = self._db.execute(f"SELECT COUNT(*) FROM outbox WHERE {_PENDING}").fetchone()
         return int(count)
+
+    def rejected(self) -> list[tuple[EventDraft, str]]:
+        """The events the sidecar refused for good, oldest first, with its reasons."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT payload, rejection FROM outbox WHERE rejected_at IS NOT NULL"
+                " ORDER BY rejected_at, rowid"
+            ).fetchall()
+        return [(_decode(payload), reason or "") for payload, reason in rows]
 
     def attempts(self, key: str) -> int | None:
         """Failed attempts so far for ``key`` (None if unknown): for operators and tests."""
@@ -179,14 +205,16 @@ class OutboxSender:
 
     Answers and what they do to a batch:
 
-    - 2xx: delivered (the sidecar has applied or already had every event);
+    - 2xx: each event by its own result: ``applied`` or ``duplicate`` is delivered; a
+      ``rejected`` one that is ``permanent`` is set aside (:meth:`Outbox.mark_rejected`,
+      logged as an error; kept, because it is money, but never sent again), any other
+      rejection is retried with backoff. A 2xx without one result per event is retried
+      whole (the sidecar deduplicates, so nothing is billed twice);
     - network error, timeout, 5xx, 408 or 429: failed, retried with backoff;
     - 401 or 403: the service token is wrong for every event: failed, retried with
       backoff, logged as an error so an operator fixes the token;
-    - any other 4xx (the sidecar refuses the batch's contents): the batch is split and
-      each event sent alone, so one bad event cannot hold the others back. An event the
-      sidecar refuses on its own is kept (never dropped: it is money) and retried with
-      backoff, capped at 60 s, with an error logged on each refusal.
+    - any other 4xx (the sidecar refuses the batch as a whole, e.g. too large): the batch
+      is split and each event sent alone; an event refused so on its own is set aside.
     """
 
     def __init__(
@@ -209,17 +237,20 @@ class OutboxSender:
         self._batch_size = batch_size
 
     def deliver_once(self) -> int:
-        """Send one batch of due events; returns how many the sidecar accepted. Never
-        raises for a failed delivery: the events stay pending and are retried."""
+        """Send one batch of due events; returns how many the sidecar accepted (applied
+        or already had). Never raises for a failed delivery: the events stay pending and
+        are retried (or, refused for good, are set aside)."""
         batch = self._outbox.due(self._batch_size)
         if not batch:
             return 0
         outcome = self._post(batch)
-        if outcome == "delivered":
-            self._outbox.mark_delivered([d.idempotency_key for d in batch])
-            return len(batch)
+        if isinstance(outcome, list):
+            return self._settle(batch, outcome)
         if outcome == "refused" and len(batch) > 1:
             return sum(self._deliver_alone(draft) for draft in batch)
+        if outcome == "refused":
+            self._outbox.mark_rejected(batch[0].idempotency_key, "refused by the sidecar")
+            return 0
         self._outbox.mark_failed([d.idempotency_key for d in batch])
         return 0
 
@@ -242,15 +273,45 @@ class OutboxSender:
             self._http.close()
 
     def _deliver_alone(self, draft: EventDraft) -> int:
-        if self._post([draft]) == "delivered":
-            self._outbox.mark_delivered([draft.idempotency_key])
-            return 1
-        self._outbox.mark_failed([draft.idempotency_key])
+        outcome = self._post([draft])
+        if isinstance(outcome, list):
+            return self._settle([draft], outcome)
+        if outcome == "refused":
+            self._outbox.mark_rejected(draft.idempotency_key, "refused by the sidecar")
+        else:
+            self._outbox.mark_failed([draft.idempotency_key])
         return 0
 
-    def _post(self, batch: Sequence[EventDraft]) -> _Outcome:
-        """ "delivered", "retry" (the same batch may pass later) or "refused" (a 4xx about
-        the batch's contents)."""
+    def _settle(self, batch: Sequence[EventDraft], results: list[dict[str, object]]) -> int:
+        delivered: list[str] = []
+        failed: list[str] = []
+        for draft, result in zip(batch, results, strict=True):
+            key = draft.idempotency_key
+            status = result.get("status")
+            if status in ("applied", "duplicate"):
+                delivered.append(key)
+            elif status == "rejected" and result.get("permanent") is True:
+                reason = f"{result.get('reason')}: {result.get('detail')}"
+                log.error(
+                    "sidecar rejected a billing event for good; set aside for an operator",
+                    extra={"idempotency_key": key, "reason": result.get("reason")},
+                )
+                self._outbox.mark_rejected(key, reason)
+            else:
+                log.warning(
+                    "sidecar could not apply a billing event yet; kept for retry",
+                    extra={"idempotency_key": key, "reason": result.get("reason")},
+                )
+                failed.append(key)
+        if delivered:
+            self._outbox.mark_delivered(delivered)
+        if failed:
+            self._outbox.mark_failed(failed)
+        return len(delivered)
+
+    def _post(self, batch: Sequence[EventDraft]) -> _Outcome | list[dict[str, object]]:
+        """The per-event results of a processed batch, "retry" (the same batch may pass
+        later) or "refused" (a 4xx about the batch's contents)."""
         body = {"events": [_as_json(d) for d in batch]}
         try:
             response = self._http.post(self._url, json=body, headers=self._headers)
@@ -261,20 +322,36 @@ class OutboxSender:
             )
             return "retry"
         status = response.status_code
-        if 200 <= status < 300:
-            log.debug("billing events delivered", extra={"events": len(batch)})
-            return "delivered"
         extra = {"events": len(batch), "status": status, "body": response.text[:500]}
+        if 200 <= status < 300:
+            results = _results_of(response, len(batch))
+            if results is None:
+                log.error("sidecar answered without a result per event; kept", extra=extra)
+                return "retry"
+            log.debug("billing events delivered", extra={"events": len(batch)})
+            return results
         if status in (401, 403):
             log.error("sidecar refused the service token; billing events kept", extra=extra)
             return "retry"
         if 400 <= status < 500 and status not in (408, 429):
             if len(batch) == 1:
                 extra["idempotency_key"] = batch[0].idempotency_key
-            log.error("sidecar refused billing events; kept for retry", extra=extra)
+            log.error("sidecar refused billing events", extra=extra)
             return "refused"
         log.warning("sidecar failed; billing events kept for retry", extra=extra)
         return "retry"
+
+
+def _results_of(response: httpx.Response, expected: int) -> list[dict[str, object]] | None:
+    try:
+        results = response.json().get("results")
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(results, list) or len(results) != expected:
+        return None
+    if not all(isinstance(result, dict) for result in results):
+        return None
+    return results
 
 
 def _as_json(draft: EventDraft) -> dict[str, object]:

@@ -7,6 +7,12 @@ event's price is rounded *up* to a whole minor unit on its own: 1 s of a call pr
 cents a minute costs 1 cent, not 0.1666. Rounding per event (not per month) keeps each
 billing event's amount final the moment it is written, so applying events in any order,
 or replaying them, gives the same balance. Only integer arithmetic is used, never float.
+
+Every number is bounded, far below the 64-bit columns that hold it, so no arithmetic here
+or in the database can overflow (and SQLite never turns an overflowing sum into a float):
+a quantity by :data:`MAX_QUANTITY` of its kind, a price by :data:`MAX_BLOCK_PRICE_MINOR`,
+an event's or a payment's amount by :data:`MAX_AMOUNT_MINOR` and a balance by
+:data:`MAX_BALANCE_MINOR` either side of zero.
 """
 
 from __future__ import annotations
@@ -19,6 +25,26 @@ from storage.models import Plan, UsageKind
 
 MAX_CALL_ID_CHARS = 64
 """``calls.id`` and ``billing_events.call_id`` hold at most 64 characters."""
+
+_WEEK_S = 7 * 24 * 3600
+MAX_QUANTITY: dict[UsageKind, int] = {
+    UsageKind.call_seconds: _WEEK_S,
+    UsageKind.stt_audio_ms: _WEEK_S * 1000,
+    UsageKind.llm_input_tokens: 10**9,
+    UsageKind.llm_output_tokens: 10**9,
+    UsageKind.tts_characters: 10**9,
+}
+"""The most one billing event may carry, per kind: a week of call time or STT audio, a
+billion tokens or characters. The worker meters a call in events of a few minutes each, so
+a larger quantity is a bug (or an attack), never usage."""
+MAX_BLOCK_PRICE_MINOR = 10**9
+"""The highest price a plan may set for one block (a minute, 1000 tokens or characters)."""
+MAX_AMOUNT_MINOR = 10**12
+"""The largest amount of one billing event or one payment, in minor units (ten billion
+major units): far above any real charge or top-up."""
+MAX_BALANCE_MINOR = 10**15
+"""A balance stays within this either side of zero (a thousand times the largest amount,
+some 10**3 below the 64-bit limit): a payment or charge that would pass it is refused."""
 
 # units per priced block, for each kind
 _BLOCK_UNITS: dict[UsageKind, int] = {
@@ -38,7 +64,7 @@ class UsageLine:
     quantity: int
 
     def __post_init__(self) -> None:
-        _check_quantity(self.quantity)
+        check_quantity(self.kind, self.quantity)
 
 
 @dataclass(frozen=True)
@@ -73,14 +99,21 @@ def price_minor(plan: Plan, kind: UsageKind, quantity: int) -> int:
     """Price of ``quantity`` units of ``kind`` on ``plan``, in the plan's minor units,
     rounded up to a whole minor unit (ceil). Zero costs zero.
 
-    Raises ValueError for a negative or non-integer quantity or a negative price.
+    Raises ValueError for a quantity that is not an integer in 0..``MAX_QUANTITY[kind]``,
+    a price outside 0..:data:`MAX_BLOCK_PRICE_MINOR`, or an amount above
+    :data:`MAX_AMOUNT_MINOR`.
     """
-    _check_quantity(quantity)
+    check_quantity(kind, quantity)
     block_price = block_price_minor(plan, kind)
-    if block_price < 0:
-        raise ValueError(f"plan {plan.name!r} has a negative price for {kind}")
+    if not 0 <= block_price <= MAX_BLOCK_PRICE_MINOR:
+        raise ValueError(
+            f"plan {plan.name!r} prices {kind} outside 0..{MAX_BLOCK_PRICE_MINOR} minor units"
+        )
     # ceil(quantity * price / units) in integers: floor division of the negation
-    return -(-quantity * block_price // _BLOCK_UNITS[kind])
+    amount = -(-quantity * block_price // _BLOCK_UNITS[kind])
+    if amount > MAX_AMOUNT_MINOR:
+        raise ValueError(f"amount {amount} exceeds the maximum of {MAX_AMOUNT_MINOR} minor units")
+    return amount
 
 
 def usage_events(
@@ -141,6 +174,8 @@ def _ceil_units(seconds: float, units_per_second: int) -> int:
     return math.ceil(round(seconds * units_per_second, 6))
 
 
-def _check_quantity(quantity: int) -> None:
-    if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 0:
-        raise ValueError(f"quantity must be a non-negative integer, got {quantity!r}")
+def check_quantity(kind: UsageKind, quantity: int) -> None:
+    """Raise ValueError unless ``quantity`` is an integer in 0..``MAX_QUANTITY[kind]``."""
+    maximum = MAX_QUANTITY[kind]
+    if isinstance(quantity, bool) or not isinstance(quantity, int) or not 0 <= quantity <= maximum:
+        raise ValueError(f"quantity of {kind} must be an integer in 0..{maximum}, got {quantity!r}")

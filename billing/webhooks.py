@@ -35,14 +35,14 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from billing.pricing import MAX_AMOUNT_MINOR
+from storage.models import ROW_ID_MAX
+
 SIGNATURE_HEADER = "X-Signature"
 MAX_BODY_BYTES = 64_000
-MAX_AMOUNT_MINOR = 10**12
-"""Ten billion in major units: far above any real top-up, far below overflow of BIGINT."""
 DEFAULT_CURRENCIES = frozenset({"USD", "EUR", "GBP"})
 _MAX_HEADER_CHARS = 1024
 _MAX_PROVIDER_CHARS = 50  # payments.provider
-_ORGANISATION_ID_MAX = 2**31 - 1  # organisations.id is a 32-bit INTEGER on PostgreSQL
 
 
 class WebhookError(Exception):
@@ -106,7 +106,7 @@ class _PaymentNoticeBody(BaseModel):
 
     provider_payment_id: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[!-~]+$")]
     """Visible ASCII only: provider ids are opaque tokens, never text with spaces."""
-    organisation_id: Annotated[int, Field(gt=0, le=_ORGANISATION_ID_MAX)]
+    organisation_id: Annotated[int, Field(gt=0, le=ROW_ID_MAX)]
     amount_minor: Annotated[int, Field(gt=0, le=MAX_AMOUNT_MINOR)]
     currency: Annotated[str, Field(min_length=3, max_length=3)]
 

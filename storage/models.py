@@ -3,20 +3,38 @@ migrations in ``storage/migrations``; these classes must match them (a test chec
 
 Money is integer minor units (cents) with an ISO 4217 currency, never float. Usage
 quantities are integers in the unit their ``kind`` names (seconds, milliseconds, tokens,
-characters).
+characters). Both are 64-bit columns (``Money``/``Quantity`` fields below); the bounds that
+keep them far from overflow are the billing package's (``billing.pricing``).
 """
 
 from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
+
+ROW_ID_MAX = 2**31 - 1
+"""Integer primary keys are 32-bit INTEGER columns on PostgreSQL: no id above this exists,
+so the API refuses larger ones as invalid (422) instead of asking the database."""
+INT64_MAX = 2**63 - 1
+"""Money and quantity columns are 64-bit (BIGINT) on every database."""
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def Money(default: Any = ...) -> Any:  # noqa: N802  (reads like a type)
+    """A money column: integer minor units, BIGINT, required unless ``default`` is given."""
+    return Field(default=default, sa_type=BigInteger, nullable=False)
+
+
+def Quantity(default: Any = ...) -> Any:  # noqa: N802
+    """A usage quantity or size column: BIGINT, required unless ``default`` is given."""
+    return Field(default=default, sa_type=BigInteger, nullable=False)
 
 
 class Role(enum.StrEnum):
@@ -47,11 +65,11 @@ class Plan(SQLModel, table=True):
     prepaid: bool = False
     """Prepaid plans need a positive balance to admit a call."""
     # prices, in minor units per block of units (see billing.pricing)
-    price_per_minute_minor: int = 0
-    price_per_stt_minute_minor: int = 0
-    price_per_1k_llm_input_tokens_minor: int = 0
-    price_per_1k_llm_output_tokens_minor: int = 0
-    price_per_1k_tts_characters_minor: int = 0
+    price_per_minute_minor: int = Money(0)
+    price_per_stt_minute_minor: int = Money(0)
+    price_per_1k_llm_input_tokens_minor: int = Money(0)
+    price_per_1k_llm_output_tokens_minor: int = Money(0)
+    price_per_1k_tts_characters_minor: int = Money(0)
 
 
 class Organisation(SQLModel, table=True):
@@ -61,7 +79,7 @@ class Organisation(SQLModel, table=True):
     name: str = Field(max_length=200)
     plan_id: int = Field(foreign_key="plans.id")
     currency: str = Field(max_length=3)
-    balance_minor: int = 0
+    balance_minor: int = Money(0)
     """Prepaid balance: payments add, billing events subtract."""
     created_at: datetime = Field(default_factory=utcnow)
 
@@ -132,7 +150,7 @@ class UsageRecord(SQLModel, table=True):
     organisation_id: int = Field(foreign_key="organisations.id")
     call_id: str = Field(foreign_key="calls.id", index=True)
     kind: UsageKind
-    quantity: int
+    quantity: int = Quantity()
     recorded_at: datetime = Field(default_factory=utcnow)
 
 
@@ -148,10 +166,10 @@ class BillingEvent(SQLModel, table=True):
     organisation_id: int = Field(foreign_key="organisations.id", index=True)
     call_id: str = Field(max_length=64, index=True)
     kind: UsageKind
-    quantity: int
-    amount_minor: int
+    quantity: int = Quantity()
+    amount_minor: int = Money()
     currency: str = Field(max_length=3)
-    balance_after_minor: int
+    balance_after_minor: int = Money()
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -163,9 +181,9 @@ class Payment(SQLModel, table=True):
     organisation_id: int = Field(foreign_key="organisations.id", index=True)
     provider: str = Field(max_length=50)
     provider_payment_id: str = Field(max_length=200)
-    amount_minor: int
+    amount_minor: int = Money()
     currency: str = Field(max_length=3)
-    balance_after_minor: int
+    balance_after_minor: int = Money()
     received_at: datetime = Field(default_factory=utcnow)
 
 
@@ -176,7 +194,7 @@ class Recording(SQLModel, table=True):
     organisation_id: int = Field(foreign_key="organisations.id", index=True)
     call_id: str = Field(max_length=64, index=True)
     path: str = Field(max_length=500)
-    size_bytes: int
+    size_bytes: int = Quantity()
     sha256: str = Field(max_length=64)
     created_at: datetime = Field(default_factory=utcnow)
     deleted_at: datetime | None = None

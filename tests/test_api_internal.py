@@ -14,7 +14,8 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
 
 from billing.api.app import create_app
-from storage.models import BillingEvent, Role
+from billing.pricing import MAX_QUANTITY
+from storage.models import BillingEvent, Role, UsageKind
 from tests.api_client import SERVICE_HEADERS, SidecarApi, billing_event, make_config
 
 
@@ -183,6 +184,10 @@ def _post_events(sidecar: SidecarApi, events: list[dict[str, object]]) -> tuple[
     return response.status_code, response.json()
 
 
+def _statuses(body: dict) -> list[str]:
+    return [result["status"] for result in body["results"]]
+
+
 def test_a_replayed_batch_is_applied_once(shared_sidecar: SidecarApi) -> None:
     seed = shared_sidecar.seed
     org = seed.organisation()
@@ -195,11 +200,12 @@ def test_a_replayed_batch_is_applied_once(shared_sidecar: SidecarApi) -> None:
     balance_after_first = seed.balance(org)
     again_status, again = _post_events(shared_sidecar, batch)
     assert (first_status, again_status) == (200, 200)
-    assert {k: v["created"] for k, v in first["results"].items()} == {
-        f"{call}:call_seconds:0": True,
-        f"{call}:stt_audio_ms:0": True,
-    }
-    assert all(v["created"] is False for v in again["results"].values())
+    assert [r["idempotency_key"] for r in first["results"]] == [
+        f"{call}:call_seconds:0",
+        f"{call}:stt_audio_ms:0",
+    ]
+    assert _statuses(first) == ["applied", "applied"]
+    assert _statuses(again) == ["duplicate", "duplicate"]
     assert balance_after_first == -20  # 2 minutes at 10 cents; STT is free on this plan
     assert seed.balance(org) == balance_after_first
     assert seed.count(BillingEvent, organisation_id=org) == 2
@@ -211,12 +217,11 @@ def test_a_key_repeated_within_a_batch_is_applied_once(shared_sidecar: SidecarAp
     call = seed.call(org, None)
     event = billing_event(org, call, 60)
     status, body = _post_events(shared_sidecar, [event, event])
-    assert status == 200
-    assert body["results"] == {event["idempotency_key"]: {"created": True, "error": None}}
+    assert (status, _statuses(body)) == (200, ["applied", "duplicate"])
     assert seed.balance(org) == -10
 
 
-def test_a_refused_event_makes_the_batch_422_but_the_others_are_applied(
+def test_a_rejected_event_gets_its_reason_and_the_others_are_applied(
     shared_sidecar: SidecarApi,
 ) -> None:
     seed = shared_sidecar.seed
@@ -225,14 +230,10 @@ def test_a_refused_event_makes_the_batch_422_but_the_others_are_applied(
     good = billing_event(org, call, 60)
     bad = billing_event(org + 50_000, "call-of-nobody", 60)
     status, body = _post_events(shared_sidecar, [good, bad])
-    assert status == 422
-    assert body["results"][good["idempotency_key"]] == {"created": True, "error": None}
-    assert body["results"][bad["idempotency_key"]]["created"] is False
-    assert "organisation" in body["results"][bad["idempotency_key"]]["error"]
+    assert (status, _statuses(body)) == (200, ["applied", "rejected"])
+    rejected = body["results"][1]
+    assert (rejected["reason"], rejected["permanent"]) == ("unknown_organisation", True)
     assert seed.balance(org) == -10
-    # the worker's outbox then sends each alone: the good one is a duplicate now
-    status, body = _post_events(shared_sidecar, [good])
-    assert (status, body["results"][good["idempotency_key"]]["created"]) == (200, False)
 
 
 @pytest.mark.parametrize(
@@ -241,21 +242,70 @@ def test_a_refused_event_makes_the_batch_422_but_the_others_are_applied(
         {"kind": "minutes"},
         {"quantity": -1},
         {"quantity": 1.5},
+        {"quantity": 2**31},
+        {"quantity": 2**63},
+        {"quantity": 10**40},
         {"organisation_id": 0},
+        {"organisation_id": 2**31},
+        {"organisation_id": 2**64},
         {"call_id": ""},
+        {"idempotency_key": None},
     ],
-    ids=["unknown kind", "negative quantity", "float quantity", "no organisation", "no call"],
+    ids=[
+        "unknown kind",
+        "negative quantity",
+        "float quantity",
+        "quantity 2**31",
+        "quantity 2**63",
+        "huge quantity",
+        "no organisation",
+        "organisation 2**31",
+        "organisation 2**64",
+        "no call",
+        "no key",
+    ],
 )
-def test_a_malformed_event_is_refused_whole(shared_sidecar: SidecarApi, change: dict) -> None:
+def test_a_malformed_event_is_rejected_alone_and_never_blocks_its_batch(
+    shared_sidecar: SidecarApi, change: dict
+) -> None:
     seed = shared_sidecar.seed
     org = seed.organisation()
     call = seed.call(org, None)
-    status, _ = _post_events(
+    before = seed.balance(org)
+    status, body = _post_events(
         shared_sidecar,
-        [billing_event(org, call, 60, sequence=1), {**billing_event(org, call, 60), **change}],
+        [
+            billing_event(org, call, 60, sequence=1),
+            {**billing_event(org, call, 60), **change},
+            billing_event(org, call, 60, sequence=2),
+        ],
     )
-    assert status == 422
-    assert seed.count(BillingEvent, organisation_id=org) == 0
+    assert (status, _statuses(body)) == (200, ["applied", "rejected", "applied"])
+    assert body["results"][1]["reason"] == "invalid_event"
+    assert body["results"][1]["permanent"] is True
+    assert seed.count(BillingEvent, organisation_id=org) == 2
+    assert seed.balance(org) == before - 20
+
+
+def test_a_quantity_above_its_kinds_maximum_is_rejected_and_charges_nothing(
+    shared_sidecar: SidecarApi,
+) -> None:
+    seed = shared_sidecar.seed
+    org = seed.organisation()
+    call = seed.call(org, None)
+    over = billing_event(org, call, MAX_QUANTITY[UsageKind.call_seconds] + 1)
+    status, body = _post_events(shared_sidecar, [over])
+    assert (status, _statuses(body)) == (200, ["rejected"])
+    assert body["results"][0]["reason"] == "invalid_event"
+    assert seed.balance(org) == 0
+
+
+def test_a_batch_that_is_not_a_list_of_events_is_422(shared_sidecar: SidecarApi) -> None:
+    for body in ({"events": "x"}, {"events": [1] * 501}, {}, []):
+        response = shared_sidecar.client.post(
+            "/internal/billing-events", json=body, headers=SERVICE_HEADERS
+        )
+        assert response.status_code == 422, body
 
 
 def test_billed_amounts_are_counted_by_kind_and_currency(shared_sidecar: SidecarApi) -> None:

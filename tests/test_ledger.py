@@ -16,14 +16,26 @@ from sqlalchemy import Engine, func, update
 from sqlmodel import Session, select
 
 from billing.ledger import (
+    REJECTED_AMOUNT_TOO_LARGE,
+    REJECTED_BALANCE_OUT_OF_RANGE,
+    REJECTED_FOREIGN_CALL,
+    REJECTED_INVALID,
+    REJECTED_UNKNOWN_ORGANISATION,
     LedgerError,
     apply_event,
+    apply_event_batch,
     apply_events,
     apply_payment,
     balance_minor,
     monthly_usage,
 )
-from billing.pricing import EventDraft, price_minor
+from billing.pricing import (
+    MAX_BALANCE_MINOR,
+    MAX_BLOCK_PRICE_MINOR,
+    MAX_QUANTITY,
+    EventDraft,
+    price_minor,
+)
 from billing.webhooks import PaymentNotice
 from storage.db import session_scope
 from storage.models import (
@@ -273,6 +285,96 @@ def test_an_invalid_event_is_refused_and_writes_nothing(engine, bad):
     assert writes(engine, org) == (1000, 0, 0, 0, 0, 0)
 
 
+def test_a_batch_applies_its_good_events_and_refuses_each_bad_one_with_a_reason(engine):
+    org = seed_organisation(engine, balance_minor=1000)
+    other = seed_organisation(engine, balance_minor=1000)
+    with session_scope(engine) as session:
+        apply_event(session, draft(other, call_id="job-of-other"))
+    batch = [
+        draft(org, sequence=0),
+        draft(org, quantity=MAX_QUANTITY[UsageKind.call_seconds] + 1, sequence=1),
+        draft(424242, call_id="job-x"),
+        draft(org, call_id="job-of-other", sequence=1),
+        draft(org, sequence=2),
+        draft(org, sequence=0),  # repeated in the batch: the first one's result
+    ]
+    with session_scope(engine) as session:
+        outcomes = apply_event_batch(session, batch)
+    assert [o.created for o in outcomes] == [True, False, False, False, True, False]
+    assert [o.error.reason if o.error else None for o in outcomes] == [
+        None,
+        REJECTED_INVALID,
+        REJECTED_UNKNOWN_ORGANISATION,
+        REJECTED_FOREIGN_CALL,
+        None,
+        None,
+    ]
+    assert all(o.error.permanent for o in outcomes if o.error)
+    assert outcomes[5].event is not None and outcomes[5].event.id == outcomes[0].event.id  # type: ignore[union-attr]
+    assert [o.event.balance_after_minor for o in (outcomes[0], outcomes[4])] == [850, 700]  # type: ignore[union-attr]
+    assert writes(engine, org) == (700, 2, 2, 0, 2, 1)
+
+
+def test_a_batch_of_one_organisation_moves_the_balance_once_by_the_sum(engine):
+    org = seed_organisation(engine, balance_minor=0)
+    batch = [draft(org, call_id=f"job-{i % 3}", sequence=i) for i in range(50)]
+    with session_scope(engine) as session:
+        outcomes = apply_event_batch(session, batch)
+    assert [o.event.balance_after_minor for o in outcomes] == [-150 * (i + 1) for i in range(50)]  # type: ignore[union-attr]
+    assert writes(engine, org) == (-150 * 50, 50, 50, 0, 50, 3)
+
+
+def test_amounts_beyond_32_bits_are_charged_and_credited_exactly(engine):
+    org = seed_organisation(engine, balance_minor=0)
+    with session_scope(engine) as session:
+        session.exec(
+            update(Plan)
+            .where(Plan.id == plan_of(engine, org).id)  # type: ignore[arg-type]
+            .values(price_per_1k_llm_output_tokens_minor=MAX_BLOCK_PRICE_MINOR)
+        )
+    big = 10**12  # > 2**31 and the largest payment
+    with session_scope(engine) as session:
+        apply_payment(session, notice(org, "pi_big", big), actor="webhook:stripe")
+        apply_payment(session, notice(org, "pi_big_2", big), actor="webhook:stripe")
+    with session_scope(engine) as session:
+        event, _ = apply_event(
+            session, draft(org, kind=UsageKind.llm_output_tokens, quantity=10**6)
+        )
+    assert event.amount_minor == 10**12
+    assert balance(engine, org) == 10**12
+    with Session(engine) as session:
+        stored = session.exec(select(BillingEvent).where(BillingEvent.organisation_id == org)).one()
+        assert (stored.amount_minor, stored.balance_after_minor) == (10**12, 10**12)
+        assert type(stored.balance_after_minor) is int
+
+
+def test_an_event_whose_amount_would_overflow_is_refused_for_good(engine):
+    org = seed_organisation(engine, balance_minor=0)
+    with session_scope(engine) as session:
+        session.exec(
+            update(Plan)
+            .where(Plan.id == plan_of(engine, org).id)  # type: ignore[arg-type]
+            .values(price_per_1k_llm_output_tokens_minor=MAX_BLOCK_PRICE_MINOR)
+        )
+    with session_scope(engine) as session:
+        (outcome,) = apply_event_batch(
+            session, [draft(org, kind=UsageKind.llm_output_tokens, quantity=10**9)]
+        )
+    assert outcome.error is not None
+    assert (outcome.error.reason, outcome.error.permanent) == (REJECTED_AMOUNT_TOO_LARGE, True)
+    assert writes(engine, org) == (0, 0, 0, 0, 0, 0)
+
+
+def test_a_balance_never_leaves_its_bounds(engine):
+    org = seed_organisation(engine, balance_minor=MAX_BALANCE_MINOR - 10)
+    with pytest.raises(LedgerError) as refused, session_scope(engine) as session:
+        apply_payment(session, notice(org, "pi_over", 11), actor="webhook:stripe")
+    assert refused.value.reason == REJECTED_BALANCE_OUT_OF_RANGE
+    with session_scope(engine) as session:
+        apply_payment(session, notice(org, "pi_fits", 10), actor="webhook:stripe")
+    assert balance(engine, org) == MAX_BALANCE_MINOR
+
+
 def test_a_payment_credits_the_balance_and_is_audited(engine):
     org = seed_organisation(engine, balance_minor=100)
     with session_scope(engine) as session:
@@ -431,7 +533,7 @@ def deliveries(draw: st.DrawFn) -> tuple[list[tuple[UsageKind, int]], list[int],
     some several times, interleaved at random."""
     events = draw(
         st.lists(
-            st.tuples(st.sampled_from(UsageKind), st.integers(0, 10**6)), min_size=1, max_size=6
+            st.tuples(st.sampled_from(UsageKind), st.integers(0, 600_000)), min_size=1, max_size=6
         )
     )
     payments = draw(st.lists(st.integers(1, 10**6), max_size=3))

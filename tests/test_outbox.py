@@ -69,6 +69,11 @@ class LoopbackSidecar:
         self.apply_then_fail = 0
         """Apply this many batches, then answer 503 anyway (a lost answer)."""
         self.refused_keys: set[str] = set()
+        """Rejected for good (``permanent``), as the ledger rejects an unknown organisation."""
+        self.not_yet_keys: set[str] = set()
+        """Rejected for now (not ``permanent``), as a misconfigured plan is."""
+        self.whole_batch_refusals = 0
+        """Answer this many batches of more than one event with a 422 for the batch."""
         self._server: ThreadingHTTPServer | None = None
         self._lock = threading.Lock()
 
@@ -78,9 +83,11 @@ class LoopbackSidecar:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                self.send_response(sidecar.handle(self.path, self.headers, body))
-                self.send_header("Content-Length", "0")
+                status, answer = sidecar.handle(self.path, self.headers, body)
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
+                self.wfile.write(answer)
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -101,25 +108,35 @@ class LoopbackSidecar:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def handle(self, path: str, headers: object, body: bytes) -> int:
+    def handle(self, path: str, headers: object, body: bytes) -> tuple[int, bytes]:
+        """The status and body to answer with: per-event results, as the real route."""
         with self._lock:
             if path != "/internal/billing-events":
-                return 404
+                return 404, b""
             if headers["Authorization"] != f"Bearer {TOKEN}":  # type: ignore[index]
-                return 401
+                return 401, b""
             batch = json.loads(body)["events"]
             keys = [event["idempotency_key"] for event in batch]
             self.requests.append(keys)
             if self.statuses:
-                return self.statuses.pop(0)
-            if self.refused_keys & set(keys):
-                return 422
+                return self.statuses.pop(0), b""
+            if self.whole_batch_refusals and len(batch) > 1:
+                self.whole_batch_refusals -= 1
+                return 422, b'{"detail": []}'
+            results = []
             for event in batch:
-                self.applied.setdefault(event["idempotency_key"], event)
+                key = event["idempotency_key"]
+                if key in self.refused_keys | self.not_yet_keys:
+                    permanent = key in self.refused_keys
+                    results.append({"status": "rejected", "reason": "x", "permanent": permanent})
+                    continue
+                new = key not in self.applied
+                self.applied.setdefault(key, event)
+                results.append({"status": "applied" if new else "duplicate"})
             if self.apply_then_fail:
                 self.apply_then_fail -= 1
-                return 503
-            return 200
+                return 503, b""
+            return 200, json.dumps({"results": results}).encode()
 
     def delivered_keys(self) -> list[str]:
         return [key for batch in self.requests for key in batch]
@@ -291,12 +308,90 @@ def test_one_refused_event_does_not_hold_back_the_rest_of_its_batch(outbox, side
     poison = events(4)[2].idempotency_key
     sidecar.refused_keys = {poison}
     assert sender_for(outbox, sidecar, http).deliver_once() == 3
+    assert len(sidecar.requests) == 1  # one batch: no splitting needed
     assert sorted(sidecar.applied) == sorted(
         d.idempotency_key for d in events(4) if d.idempotency_key != poison
     )
-    # the refused event is money: kept, retried later, never dropped
-    assert outbox.pending_count() == 1
-    assert outbox.attempts(poison) == 1
+    # the refused event is money: kept for an operator, never dropped, never resent
+    assert outbox.pending_count() == 0
+    assert [(d.idempotency_key, reason) for d, reason in outbox.rejected()] == [(poison, "x: None")]
+
+
+def test_a_permanently_rejected_event_is_never_sent_again(outbox, sidecar, http, clock):
+    outbox.add(events(2))
+    sidecar.refused_keys = {events(2)[0].idempotency_key}
+    sender = sender_for(outbox, sidecar, http)
+    assert sender.deliver_once() == 1
+    for _ in range(5):
+        clock.now += 120
+        assert sender.deliver_once() == 0
+    assert len(sidecar.requests) == 1
+
+
+def test_an_event_rejected_for_now_is_retried_with_backoff(outbox, sidecar, http, clock):
+    outbox.add(events(2))
+    later = events(2)[1].idempotency_key
+    sidecar.not_yet_keys = {later}
+    sender = sender_for(outbox, sidecar, http)
+    assert sender.deliver_once() == 1
+    assert (outbox.pending_count(), outbox.attempts(later)) == (1, 1)
+    sidecar.not_yet_keys = set()  # the operator fixed the plan
+    clock.now += 1
+    assert sender.deliver_once() == 1
+    assert outbox.pending_count() == 0 and outbox.rejected() == []
+
+
+def test_a_batch_refused_whole_is_split_and_each_event_settled_alone(outbox, sidecar, http):
+    outbox.add(events(3))
+    sidecar.whole_batch_refusals = 1
+    assert sender_for(outbox, sidecar, http).deliver_once() == 3
+    assert [len(batch) for batch in sidecar.requests] == [3, 1, 1, 1]
+    assert outbox.pending_count() == 0
+
+
+def test_an_event_refused_whole_on_its_own_is_set_aside(outbox, sidecar, http):
+    outbox.add(events(1))
+    sidecar.statuses = [413]
+    assert sender_for(outbox, sidecar, http).deliver_once() == 0
+    assert outbox.pending_count() == 0
+    assert len(outbox.rejected()) == 1
+
+
+def test_a_success_without_a_result_per_event_is_retried(outbox, sidecar, http, clock):
+    outbox.add(events(2))
+    sidecar.statuses = [200]  # an empty body
+    sender = sender_for(outbox, sidecar, http)
+    assert sender.deliver_once() == 0
+    assert outbox.pending_count() == 2
+    clock.now += 1
+    assert sender.deliver_once() == 2
+
+
+def test_an_outbox_file_from_before_rejections_opens_and_keeps_its_events(tmp_path, clock):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE outbox (idempotency_key TEXT NOT NULL UNIQUE, payload TEXT NOT NULL,"
+        " attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL,"
+        " delivered_at REAL, created_at REAL NOT NULL)"
+    )
+    payload = json.dumps(
+        {
+            "idempotency_key": "k",
+            "organisation_id": 7,
+            "call_id": "c",
+            "kind": "call_seconds",
+            "quantity": 5,
+        }
+    )
+    db.execute("INSERT INTO outbox VALUES ('k', ?, 0, 0, NULL, 0)", (payload,))
+    db.commit()
+    db.close()
+    box = Outbox(path, clock=clock)
+    assert [d.idempotency_key for d in box.due()] == ["k"]
+    box.close()
 
 
 def test_a_lost_answer_is_redelivered_and_billed_once(outbox, sidecar, http, clock):
@@ -387,7 +482,8 @@ def test_the_outbox_bills_each_event_once_through_the_real_sidecar_route(
         replay.close()
     with session_scope(engine) as session:
         assert balance_minor(session, org_id) == (10_000 - 5 * 60, "USD")
-    # the refused event is kept for an operator, never dropped
-    assert outbox.pending_count() == 1
-    assert outbox.attempts(unknown_org.idempotency_key) == 1
+    # the refused event is kept for an operator, never dropped, never resent
+    assert outbox.pending_count() == 0
+    [(rejected, reason)] = outbox.rejected()
+    assert rejected == unknown_org and reason.startswith("unknown_organisation")
     outbox.close()

@@ -10,6 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from billing.pricing import (
+    MAX_AMOUNT_MINOR,
+    MAX_BLOCK_PRICE_MINOR,
+    MAX_QUANTITY,
     EventDraft,
     UsageLine,
     block_price_minor,
@@ -75,7 +78,32 @@ def test_zero_usage_costs_nothing():
 
 
 def test_a_free_kind_costs_nothing_however_much_is_used():
-    assert price_minor(plan(), UsageKind.call_seconds, 10**9) == 0
+    assert (
+        price_minor(plan(), UsageKind.llm_input_tokens, MAX_QUANTITY[UsageKind.llm_input_tokens])
+        == 0
+    )
+
+
+@pytest.mark.parametrize("kind", list(UsageKind))
+def test_a_quantity_above_its_kinds_maximum_is_refused(kind):
+    assert price_minor(PLAN, kind, MAX_QUANTITY[kind]) >= 0
+    with pytest.raises(ValueError, match="must be an integer in"):
+        price_minor(PLAN, kind, MAX_QUANTITY[kind] + 1)
+
+
+def test_a_price_above_the_maximum_is_refused():
+    with pytest.raises(ValueError, match="prices"):
+        price_minor(
+            plan(price_per_minute_minor=MAX_BLOCK_PRICE_MINOR + 1), UsageKind.call_seconds, 60
+        )
+
+
+def test_an_amount_above_the_maximum_is_refused_not_overflowed():
+    priced = plan(price_per_1k_llm_output_tokens_minor=MAX_BLOCK_PRICE_MINOR)
+    # 10**9 tokens at 10**9 per thousand is 10**15: above any one event's amount
+    with pytest.raises(ValueError, match="exceeds the maximum"):
+        price_minor(priced, UsageKind.llm_output_tokens, 10**9)
+    assert price_minor(priced, UsageKind.llm_output_tokens, 1000 * 1000) == MAX_AMOUNT_MINOR
 
 
 @pytest.mark.parametrize("quantity", [-1, 1.5, True, "10"])
@@ -91,7 +119,7 @@ def test_a_negative_price_is_refused():
 
 @given(
     kind=st.sampled_from(UsageKind),
-    quantity=st.integers(0, 10**12),
+    quantity=st.integers(0, 10**6),
     block_price=st.integers(0, 10**6),
 )
 def test_the_price_is_the_exact_fraction_rounded_up_to_one_minor_unit(kind, quantity, block_price):

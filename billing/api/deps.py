@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
+from annotated_types import Ge, Le
 from fastapi import Depends, Query, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
@@ -23,7 +24,7 @@ from billing.api.errors import Forbidden, TooManyRequests, Unauthorized
 from billing.api.resources import SidecarResources, resources_of
 from billing.config import SidecarConfig
 from billing.keys import authenticate, key_prefix_of, looks_like_key
-from storage.models import Role
+from storage.models import ROW_ID_MAX, Role
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +182,11 @@ def require_service_token(
 ServiceCaller = Depends(require_service_token)
 
 
+RowId = Annotated[int, Ge(1), Le(ROW_ID_MAX)]
+"""Every id a client names (in a path, a query or a body): 1..2**31-1, the range of the
+database's id columns, so a larger one is a 422 (or, for a path, simply not found) and
+never reaches the database."""
+
 # every list route pages the same way: newest or lowest id first, ``limit`` rows from ``offset``
 Limit = Annotated[int, Query(ge=1, le=500, description="Rows to return (1-500).")]
-Offset = Annotated[int, Query(ge=0, description="Rows to skip.")]
+Offset = Annotated[int, Query(ge=0, le=ROW_ID_MAX, description="Rows to skip.")]

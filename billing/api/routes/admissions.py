@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from billing.admission import AdmissionRequest
-from billing.api.deps import Resources, ServiceCaller
+from billing.api.deps import Resources, RowId, ServiceCaller
 from billing.api.errors import ErrorBody, NotFound
 
 router = APIRouter(
@@ -28,9 +28,9 @@ LeaseId = Annotated[str, Path(min_length=1, max_length=64)]
 
 class AdmissionIn(BaseModel):
     call_id: str = Field(min_length=1, max_length=64)
-    agent_id: int | None = Field(default=None, ge=1)
+    agent_id: RowId | None = None
     dialled_number: str | None = Field(default=None, max_length=32)
-    organisation_id: int | None = Field(default=None, ge=1)
+    organisation_id: RowId | None = None
     resume: bool = Field(
         default=False,
         description="The call is live but lost its lease (or never had one): take its "

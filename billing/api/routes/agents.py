@@ -8,7 +8,7 @@ import json
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
@@ -17,13 +17,23 @@ from sqlmodel.sql.expression import SelectOfScalar
 
 from billing.admission import QuotaExceeded, check_can_create_agent
 from billing.api.audit_trail import audit
-from billing.api.deps import AgentEditor, AnyMember, DbSession, Limit, Offset, Principal, Resources
+from billing.api.deps import (
+    AgentEditor,
+    AnyMember,
+    DbSession,
+    Limit,
+    Offset,
+    Principal,
+    Resources,
+    RowId,
+)
 from billing.api.errors import COMMON_RESPONSES, CONFLICT, NOT_FOUND, Conflict, Forbidden, NotFound
 from storage.models import Agent, Call, Role, User
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"], responses=COMMON_RESPONSES)
 
-AgentId = Annotated[int, Path(ge=1)]
+AgentId = RowId
+MAX_CALLS_PER_NUMBER = 100_000
 ToolName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 PhoneNumber = Annotated[str, Field(pattern=r"^\+[1-9][0-9]{6,14}$", description="E.164")]
 
@@ -48,8 +58,8 @@ class AgentCreate(BaseModel):
     instructions: str = Field(default="", max_length=20_000)
     tools: list[ToolName] = Field(default_factory=list, max_length=100)
     phone_number: PhoneNumber | None = None
-    max_concurrent_calls_per_number: int | None = Field(default=None, ge=1)
-    owner_user_id: int | None = Field(default=None, ge=1, description="Defaults to you.")
+    max_concurrent_calls_per_number: int | None = Field(default=None, ge=1, le=MAX_CALLS_PER_NUMBER)
+    owner_user_id: RowId | None = Field(default=None, description="Defaults to you.")
 
 
 class AgentPatch(BaseModel):
@@ -57,8 +67,8 @@ class AgentPatch(BaseModel):
     instructions: str | None = Field(default=None, max_length=20_000)
     tools: list[ToolName] | None = Field(default=None, max_length=100)
     phone_number: PhoneNumber | None = None
-    max_concurrent_calls_per_number: int | None = Field(default=None, ge=1)
-    owner_user_id: int | None = Field(default=None, ge=1)
+    max_concurrent_calls_per_number: int | None = Field(default=None, ge=1, le=MAX_CALLS_PER_NUMBER)
+    owner_user_id: RowId | None = None
 
 
 @router.get("", response_model=list[AgentOut], summary="List agents")

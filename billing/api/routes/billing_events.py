@@ -1,27 +1,30 @@
 """``POST /internal/billing-events``: usage from the workers' outboxes, applied to the
 ledger exactly once per idempotency key (service token only).
 
-Each event is applied in its own transaction, so one refused event does not undo the
-others. The status tells the worker's outbox what to do with the batch: 200 when every
-event is applied or already was (duplicates included; a replayed batch is a 200 that
-changes nothing), 422 when the ledger refused any (the outbox then sends each event
-alone, and keeps the refused ones: it never drops money).
+The batch is one transaction (``billing.ledger.apply_event_batch``, set-based), and each
+event gets its own result, in the order sent: ``applied``, ``duplicate`` (applied before,
+or earlier in this batch), or ``rejected`` with a ``reason`` and ``permanent``. A bad event
+never holds back the good ones: the answer is 200 whenever the batch was processed, and
+the outbox marks each event by its result (a permanently rejected one is set aside for an
+operator, never retried for ever, never dropped). Each event is validated on its own, so
+an event the schema refuses (a quantity above its kind's maximum, a missing field) is one
+``rejected`` result, not a 422 for the batch; only an envelope that is not
+``{"events": [...]}`` of at most 500 objects is a 422.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SkipValidation, TypeAdapter, ValidationError
 
-from billing.api.deps import DbSession, Resources, ServiceCaller
+from billing.api.deps import DbSession, Resources, RowId, ServiceCaller
 from billing.api.errors import ErrorBody
 from billing.audit import SYSTEM_ACTOR
-from billing.ledger import LedgerError, apply_event
-from billing.pricing import MAX_CALL_ID_CHARS, EventDraft
+from billing.ledger import REJECTED_INVALID, EventOutcome, apply_event_batch
+from billing.pricing import MAX_CALL_ID_CHARS, MAX_QUANTITY, EventDraft
 from storage.models import UsageKind
 
 logger = logging.getLogger(__name__)
@@ -34,66 +37,121 @@ router = APIRouter(
 )
 
 MAX_EVENTS_PER_BATCH = 500
+_LARGEST_QUANTITY = max(MAX_QUANTITY.values())
 
 
 class BillingEventIn(BaseModel):
     idempotency_key: str = Field(min_length=1, max_length=200)
-    organisation_id: int = Field(ge=1)
+    organisation_id: RowId
     call_id: str = Field(min_length=1, max_length=MAX_CALL_ID_CHARS)
     kind: UsageKind
-    quantity: Annotated[int, Field(ge=0, strict=True)]
+    quantity: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=_LARGEST_QUANTITY,
+            strict=True,
+            description="In the kind's unit, at most: "
+            + ", ".join(f"{kind.value} {limit}" for kind, limit in MAX_QUANTITY.items()),
+        ),
+    ]
 
 
 class BillingEventsIn(BaseModel):
-    events: list[BillingEventIn] = Field(max_length=MAX_EVENTS_PER_BATCH)
+    # documented as BillingEventIn, validated one by one in the route (see the docstring)
+    events: list[SkipValidation[BillingEventIn]] = Field(max_length=MAX_EVENTS_PER_BATCH)
 
 
 class BillingEventResult(BaseModel):
-    created: bool
-    """True when this request applied the event; False when it had been applied before
-    (or was refused: see ``error``)."""
-    error: str | None = None
+    idempotency_key: str | None
+    """None when the event had no valid key."""
+    status: Literal["applied", "duplicate", "rejected"]
+    reason: str | None = None
+    """Why it was rejected: a stable word (``invalid_event``, ``unknown_organisation``,
+    ``call_of_another_organisation``, ``amount_too_large``, ``plan_misconfigured``,
+    ``currency_mismatch``, ``balance_out_of_range``)."""
+    permanent: bool | None = None
+    """For a rejection: True when sending the event again can never succeed."""
+    detail: str | None = None
 
 
 class BillingEventsOut(BaseModel):
-    results: dict[str, BillingEventResult]
-    """By idempotency key. A key repeated within one batch keeps its first result."""
+    results: list[BillingEventResult]
+    """One per event sent, in the same order."""
 
 
-@router.post(
-    "",
-    response_model=BillingEventsOut,
-    responses={422: {"model": BillingEventsOut, "description": "the ledger refused some events"}},
-    summary="Apply billing events (idempotent)",
-)
+_EVENT = TypeAdapter(BillingEventIn)
+
+
+@router.post("", response_model=BillingEventsOut, summary="Apply billing events (idempotent)")
 def apply_billing_events(
     body: BillingEventsIn, session: DbSession, resources: Resources
-) -> BillingEventsOut | JSONResponse:
+) -> BillingEventsOut:
     metrics = resources.metrics
-    results: dict[str, BillingEventResult] = {}
-    for event_in in body.events:
-        key = event_in.idempotency_key
-        if key in results:
-            continue
-        draft = EventDraft(**event_in.model_dump())
+    results: list[BillingEventResult | None] = [None] * len(body.events)
+    drafts: list[EventDraft] = []
+    positions: list[int] = []
+    for i, raw in enumerate(body.events):
         try:
-            event, created = apply_event(session, draft, actor=SYSTEM_ACTOR)
-            kind, currency, amount_minor = event.kind, event.currency, event.amount_minor
-            session.commit()
-        except LedgerError as exc:
-            session.rollback()
-            metrics.billing_events.labels("refused").inc()
-            logger.error(
-                "billing event refused",
-                extra={"idempotency_key": key, "organisation_id": draft.organisation_id},
-            )
-            results[key] = BillingEventResult(created=False, error=str(exc))
+            event = _EVENT.validate_python(raw)
+        except ValidationError as exc:
+            results[i] = _invalid(raw, exc)
             continue
-        results[key] = BillingEventResult(created=created)
-        metrics.billing_events.labels("applied" if created else "duplicate").inc()
-        if created:
-            metrics.billing_amount_minor.labels(UsageKind(kind).value, currency).inc(amount_minor)
-    out = BillingEventsOut(results=results)
-    if any(result.error is not None for result in results.values()):
-        return JSONResponse(out.model_dump(), status_code=422)
-    return out
+        drafts.append(EventDraft(**event.model_dump()))
+        positions.append(i)
+    outcomes = apply_event_batch(session, drafts, actor=SYSTEM_ACTOR)
+    session.commit()
+    for i, draft, outcome in zip(positions, drafts, outcomes, strict=True):
+        results[i] = _result(draft, outcome, resources)
+    out = [result for result in results if result is not None]
+    for result in out:
+        metrics.billing_events.labels(result.status).inc()
+    return BillingEventsOut(results=out)
+
+
+def _result(draft: EventDraft, outcome: EventOutcome, resources: Resources) -> BillingEventResult:
+    key = draft.idempotency_key
+    if outcome.error is not None:
+        logger.error(
+            "billing event rejected",
+            extra={
+                "idempotency_key": key,
+                "organisation_id": draft.organisation_id,
+                "reason": outcome.error.reason,
+                "permanent": outcome.error.permanent,
+            },
+        )
+        return BillingEventResult(
+            idempotency_key=key,
+            status="rejected",
+            reason=outcome.error.reason,
+            permanent=outcome.error.permanent,
+            detail=outcome.error.message,
+        )
+    if outcome.created and outcome.event is not None:
+        event = outcome.event
+        resources.metrics.billing_amount_minor.labels(
+            UsageKind(event.kind).value, event.currency
+        ).inc(event.amount_minor)
+        return BillingEventResult(idempotency_key=key, status="applied")
+    return BillingEventResult(idempotency_key=key, status="duplicate")
+
+
+def _invalid(raw: Any, exc: ValidationError) -> BillingEventResult:
+    key = raw.get("idempotency_key") if isinstance(raw, dict) else None
+    valid_key = key if isinstance(key, str) and 0 < len(key) <= 200 else None
+    # field names and reasons only: never echo the sender's values back
+    detail = "; ".join(
+        f"{'.'.join(str(p) for p in error['loc']) or 'event'}: {error['msg']}"
+        for error in exc.errors(include_input=False, include_url=False)
+    )
+    logger.error(
+        "billing event rejected", extra={"idempotency_key": valid_key, "reason": REJECTED_INVALID}
+    )
+    return BillingEventResult(
+        idempotency_key=valid_key,
+        status="rejected",
+        reason=REJECTED_INVALID,
+        permanent=True,
+        detail=detail,
+    )

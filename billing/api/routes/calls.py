@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from billing.api.deps import AnyMember, DbSession, Limit, Offset, Principal
+from billing.api.deps import AnyMember, DbSession, Limit, Offset, Principal, RowId
 from billing.api.errors import COMMON_RESPONSES, NOT_FOUND, NotFound
 from storage.models import Agent, Call, Role
 
@@ -33,7 +33,7 @@ class CallOut(BaseModel):
 def list_calls(
     principal: AnyMember,
     session: DbSession,
-    agent_id: Annotated[int | None, Query(ge=1)] = None,
+    agent_id: RowId | None = None,
     status: Annotated[str | None, Query(max_length=16)] = None,
     started_after: datetime | None = None,
     started_before: datetime | None = None,

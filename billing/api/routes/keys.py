@@ -5,21 +5,20 @@ creates it and nowhere else, ever."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
 from billing.api.audit_trail import audit
-from billing.api.deps import Admin, AnyMember, DbSession, Limit, Offset, Principal
+from billing.api.deps import Admin, AnyMember, DbSession, Limit, Offset, Principal, RowId
 from billing.api.errors import COMMON_RESPONSES, CONFLICT, NOT_FOUND, Conflict, NotFound
 from billing.keys import KeyRevokedError, issue_key, revoke_key, rotate_key
 from storage.models import ApiKey, User
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=COMMON_RESPONSES)
 
-KeyId = Annotated[int, Path(ge=1)]
+KeyId = RowId
 
 
 class KeyOut(BaseModel):
@@ -39,7 +38,7 @@ class IssuedKey(BaseModel):
 
 
 class KeyCreate(BaseModel):
-    user_id: int | None = Field(default=None, ge=1, description="Defaults to your own user.")
+    user_id: RowId | None = Field(default=None, description="Defaults to your own user.")
 
 
 @router.get("", response_model=list[KeyOut], summary="List keys (admins: all; others: own)")

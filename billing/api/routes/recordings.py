@@ -9,14 +9,14 @@ from datetime import datetime
 from pathlib import Path as FilePath
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from billing.api.audit_trail import audit
-from billing.api.deps import AgentEditor, DbSession, Limit, Offset, Principal, Resources
+from billing.api.deps import AgentEditor, DbSession, Limit, Offset, Principal, Resources, RowId
 from billing.api.errors import COMMON_RESPONSES, NOT_FOUND, NotFound
 from billing.config import SidecarConfig
 from storage.models import Agent, Call, Recording, Role, utcnow
@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/recordings", tags=["recordings"], responses=COMMON_RESPONSES)
 
-RecordingId = Annotated[int, Path(ge=1)]
+RecordingId = RowId
 
 
 class RecordingOut(BaseModel):

@@ -5,20 +5,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, delete, select
 
 from billing.api.audit_trail import audit
-from billing.api.deps import Admin, DbSession, Limit, Offset, Principal
+from billing.api.deps import Admin, DbSession, Limit, Offset, Principal, RowId
 from billing.api.errors import COMMON_RESPONSES, CONFLICT, NOT_FOUND, Conflict, NotFound
 from storage.models import Agent, ApiKey, Role, User
 
 router = APIRouter(prefix="/v1/users", tags=["users"], responses=COMMON_RESPONSES)
 
-UserId = Annotated[int, Path(ge=1)]
+UserId = RowId
 Email = Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
 
 
