@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from agent.settings import Settings
 from agent.wav_io import CALLER_SAMPLE_RATE_HZ
@@ -109,6 +110,10 @@ def load_settings() -> Settings:
             f"{_setting_name(err['loc'])}{_shown_value(err)}: {err['msg']}" for err in exc.errors()
         )
         raise StartupError(f"invalid setting {problems}") from exc
+    except SettingsError as exc:
+        # a value that must be JSON (PAYMENT_WEBHOOK_SECRETS) is not; never show the value
+        field = str(exc).partition('field "')[2].partition('"')[0]
+        raise StartupError(f"invalid setting {field.upper()}: not valid JSON") from exc
 
 
 def _setting_name(loc: tuple[int | str, ...]) -> str:
@@ -267,15 +272,22 @@ def sidecar_config(settings: Settings):  # type: ignore[no-untyped-def]
             database_url=settings.database_url,
             redis_url=settings.redis_url,
             service_token=settings.sidecar_service_token.get_secret_value(),
-            payment_webhook_secret=settings.payment_webhook_secret.get_secret_value(),
+            payment_webhook_secrets={
+                provider: secret.get_secret_value()
+                for provider, secret in settings.payment_webhook_secrets.items()
+            },
             notify_webhook_url=settings.notify_webhook_url,
             notify_webhook_secret=settings.notify_webhook_secret.get_secret_value() or None,
             recordings_dir=settings.data_dir / "recordings",
+            rate_limit_per_ip=settings.sidecar_rate_limit_per_ip,
+            rate_limit_per_key=settings.sidecar_rate_limit_per_key,
+            rate_limit_webhook_per_ip=settings.sidecar_rate_limit_webhook_per_ip,
+            rate_limit_window_s=settings.sidecar_rate_limit_window_s,
         )
     except ValueError as exc:
         raise StartupError(
             f"sidecar configuration: {exc} (settings: SIDECAR_SERVICE_TOKEN, "
-            "PAYMENT_WEBHOOK_SECRET, NOTIFY_WEBHOOK_URL, NOTIFY_WEBHOOK_SECRET)"
+            "PAYMENT_WEBHOOK_SECRETS, NOTIFY_WEBHOOK_URL, NOTIFY_WEBHOOK_SECRET)"
         ) from exc
 
 

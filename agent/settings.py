@@ -63,7 +63,13 @@ class Settings(BaseSettings):
     and no billing (the one-machine default)."""
     sidecar_service_token: SecretStr = SecretStr("")
     """Shared secret the worker presents to the sidecar's /internal routes."""
-    payment_webhook_secret: SecretStr = SecretStr("")
+    payment_webhook_secrets: dict[str, SecretStr] = Field(default_factory=dict)
+    """Payment providers whose webhooks the sidecar accepts, each with its own signing
+    secret, as JSON: ``PAYMENT_WEBHOOK_SECRETS='{"stripe": "whsec_..."}'``."""
+    sidecar_rate_limit_per_ip: int = Field(default=120, ge=1)
+    sidecar_rate_limit_per_key: int = Field(default=600, ge=1)
+    sidecar_rate_limit_webhook_per_ip: int = Field(default=600, ge=1)
+    sidecar_rate_limit_window_s: float = Field(default=60.0, gt=0)
     notify_webhook_url: str | None = None
     notify_webhook_secret: SecretStr = SecretStr("")
     default_organisation_id: int | None = None

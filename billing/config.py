@@ -6,8 +6,13 @@ onto :class:`SidecarConfig` by the CLI; everything in ``billing.api`` reads only
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+
+from billing.webhooks import PROVIDER_PATTERN
 
 MIN_SECRET_CHARS = 16
 """Shared secrets shorter than this are refused: an empty service token would make every
@@ -20,32 +25,57 @@ class SidecarConfig:
 
     ``redis_url`` switches leases and rate limits from in-process (one process only) to
     Redis (shared by every replica). ``service_token`` authenticates workers on
-    ``/internal`` (``Authorization: Bearer``); ``payment_webhook_secret`` verifies the
-    payment provider's signatures. Raises ValueError for a short secret or a non-positive
-    limit.
+    ``/internal`` (``Authorization: Bearer``); ``payment_webhook_secrets`` names the payment
+    providers whose webhooks are accepted, each with the secret it signs with (no
+    providers: every payment webhook is a 404).
+
+    Rate limits, per ``rate_limit_window_s``: ``rate_limit_per_ip`` requests from one
+    client IP, ``rate_limit_per_key`` from one API key, and ``rate_limit_webhook_per_ip``
+    payment webhooks from one IP (a budget of their own: providers deliver from few
+    addresses, and a tenant's traffic must not delay its payments, nor the reverse).
+    Raises ValueError for a short secret, a bad provider name or a non-positive limit.
     """
 
     database_url: str
     redis_url: str | None
     service_token: str
-    payment_webhook_secret: str
     notify_webhook_url: str | None
     notify_webhook_secret: str | None
     recordings_dir: Path
+    payment_webhook_secrets: Mapping[str, str] = field(default_factory=dict)
     max_body_bytes: int = 64_000
     rate_limit_per_ip: int = 120
     rate_limit_per_key: int = 600
+    rate_limit_webhook_per_ip: int = 600
     rate_limit_window_s: float = 60.0
     lease_ttl_s: float = 30.0
     key_prefix: str = "va:"
 
     def __post_init__(self) -> None:
-        for name in ("service_token", "payment_webhook_secret"):
-            if len(getattr(self, name)) < MIN_SECRET_CHARS:
-                raise ValueError(f"{name} must be at least {MIN_SECRET_CHARS} characters")
+        if len(self.service_token) < MIN_SECRET_CHARS:
+            raise ValueError(f"service_token must be at least {MIN_SECRET_CHARS} characters")
+        for provider, secret in self.payment_webhook_secrets.items():
+            if not re.fullmatch(PROVIDER_PATTERN, provider):
+                raise ValueError(
+                    f"payment provider name {provider!r} must match {PROVIDER_PATTERN}"
+                )
+            if len(secret) < MIN_SECRET_CHARS:
+                raise ValueError(
+                    f"the webhook secret of payment provider {provider!r} must be at least "
+                    f"{MIN_SECRET_CHARS} characters"
+                )
+        # frozen means frozen: a caller's dict changed later must not change the config
+        object.__setattr__(
+            self, "payment_webhook_secrets", MappingProxyType(dict(self.payment_webhook_secrets))
+        )
         if self.notify_webhook_url and not self.notify_webhook_secret:
             raise ValueError("notify_webhook_url needs notify_webhook_secret to sign with")
-        for name in ("max_body_bytes", "rate_limit_per_ip", "rate_limit_per_key"):
+        for name in (
+            "max_body_bytes",
+            "rate_limit_per_ip",
+            "rate_limit_per_key",
+            "rate_limit_webhook_per_ip",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         for name in ("rate_limit_window_s", "lease_ttl_s"):

@@ -37,6 +37,9 @@ HttpPost = Callable[[str, bytes, Mapping[str, str]], int]
 
 DEFAULT_RETRY_DELAYS_S: tuple[float, ...] = (1.0, 2.0, 4.0)
 DEFAULT_MAX_ATTEMPTS = 3
+SENDER_NAME = "voice-agent"
+"""What the notification's signature names as its sender (the signed bytes are
+``<t>.voice-agent.<body>``, the scheme payment providers use with us)."""
 POST_TIMEOUT_S = 5.0
 
 
@@ -164,7 +167,7 @@ class Notifier:
             timestamp = int(self._clock())
             headers = {
                 "Content-Type": "application/json",
-                SIGNATURE_HEADER: sign(self._secret, body, timestamp),
+                SIGNATURE_HEADER: sign(self._secret, SENDER_NAME, body, timestamp),
             }
             try:
                 status = self._post(self._url, body, headers)

@@ -1,13 +1,17 @@
 """Payment provider webhooks in: signature, replay window and a strict body schema.
 
-A provider signs each delivery with a shared secret::
+Each configured provider has a secret of its own, and signs each delivery with it::
 
-    X-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, b"<t>." + body)>
+    X-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, b"<t>.<provider>." + body)>
 
-The timestamp is inside the signed bytes, so an attacker cannot refresh an old delivery;
-deliveries older (or newer) than ``tolerance_s`` are refused, so a captured one cannot be
-replayed later. Several ``v1=`` entries are allowed (a provider rotating its secret sends
-one per secret); one match is enough.
+``<provider>`` is the name in the webhook's URL (``/v1/payments/webhook/<provider>``).
+The signed bytes hold everything that identifies the payment: the provider (so a captured
+delivery sent to another provider's URL does not verify, even if two providers shared a
+secret) and, in the body, the provider's payment id. Payments are idempotent by exactly
+that pair. The timestamp is inside the signed bytes too, so an attacker cannot refresh an
+old delivery; deliveries older (or newer) than ``tolerance_s`` are refused, so a captured
+one cannot be replayed later. Several ``v1=`` entries are allowed (a provider rotating
+its secret sends one per secret); one match is enough.
 
 Status codes of :class:`WebhookError`, for the HTTP edge to return as they are:
 
@@ -66,13 +70,18 @@ class PaymentNotice:
     currency: str
 
 
-def sign(secret: bytes, body: bytes, timestamp: int) -> str:
-    """The :data:`SIGNATURE_HEADER` value a provider sends for ``body`` at ``timestamp``."""
-    return f"t={timestamp},v1={_hmac_hex(secret, body, timestamp)}"
+PROVIDER_PATTERN = r"^[a-z0-9_-]{1,50}$"
+"""A provider's name: what its webhook URL ends with and what its payments are keyed by."""
+
+
+def sign(secret: bytes, provider: str, body: bytes, timestamp: int) -> str:
+    """The :data:`SIGNATURE_HEADER` value ``provider`` sends for ``body`` at ``timestamp``."""
+    return f"t={timestamp},v1={_hmac_hex(secret, provider, body, timestamp)}"
 
 
 def verify_signature(
     secret: bytes,
+    provider: str,
     header: str | None,
     body: bytes,
     *,
@@ -80,17 +89,18 @@ def verify_signature(
     tolerance_s: float = 300,
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> None:
-    """Return if ``header`` is a valid signature of ``body`` made within ``tolerance_s`` of
-    ``now`` (unix seconds); otherwise raise :class:`WebhookError` (413 oversized body, 401
-    anything wrong with the signature or its timestamp). Raises ValueError for an empty
-    secret (a configuration error, never the sender's)."""
-    if not secret:
-        raise ValueError("webhook secret is empty")
+    """Return if ``header`` is ``provider``'s valid signature of ``body`` made within
+    ``tolerance_s`` of ``now`` (unix seconds); otherwise raise :class:`WebhookError` (413
+    oversized body, 401 anything wrong with the signature or its timestamp). Raises
+    ValueError for an empty secret or provider (a configuration error, never the
+    sender's)."""
+    if not secret or not provider:
+        raise ValueError("webhook secret or provider is empty")
     _check_size(body, max_body_bytes)
     timestamp, signatures = _parse_signature_header(header)
     if abs(now - timestamp) > tolerance_s:
         raise WebhookError(401, "signature timestamp outside the tolerance")
-    expected = _hmac_hex(secret, body, timestamp)
+    expected = _hmac_hex(secret, provider, body, timestamp)
     # compare against every candidate, without stopping early, in constant time each
     matched = False
     for candidate in signatures:
@@ -155,8 +165,9 @@ def parse_payment_notice(
     )
 
 
-def _hmac_hex(secret: bytes, body: bytes, timestamp: int) -> str:
-    return hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+def _hmac_hex(secret: bytes, provider: str, body: bytes, timestamp: int) -> str:
+    signed = f"{timestamp}.{provider}.".encode() + body
+    return hmac.new(secret, signed, hashlib.sha256).hexdigest()
 
 
 def _check_size(body: bytes, max_body_bytes: int) -> None:

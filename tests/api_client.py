@@ -36,6 +36,12 @@ from tests.services import migrated_database
 
 SERVICE_TOKEN = "test-service-token-0123456789"
 WEBHOOK_SECRET = "test-webhook-secret-0123456789"
+PAYMENT_PROVIDERS = {
+    "acmepay": WEBHOOK_SECRET,
+    # the same secret under another name: the signature still tells them apart
+    "sharedpay": WEBHOOK_SECRET,
+    "otherpay": "other-webhook-secret-0123456789",
+}
 SERVICE_HEADERS = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
 ROOMY_PLAN: dict[str, Any] = {
     "max_agents": 100_000,
@@ -54,7 +60,7 @@ def make_config(database_url: str, recordings_dir: Path, **overrides: Any) -> Si
         database_url=database_url,
         redis_url=None,
         service_token=SERVICE_TOKEN,
-        payment_webhook_secret=WEBHOOK_SECRET,
+        payment_webhook_secrets=PAYMENT_PROVIDERS,
         notify_webhook_url=None,
         notify_webhook_secret=None,
         recordings_dir=recordings_dir,

@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 from billing.api.app import create_app
 from billing.webhooks import SIGNATURE_HEADER, sign
 from storage.models import AuditLog, Payment, Role
-from tests.api_client import WEBHOOK_SECRET, Seeder, SidecarApi, make_config
+from tests.api_client import PAYMENT_PROVIDERS, WEBHOOK_SECRET, Seeder, SidecarApi, make_config
 
 URL = "/v1/payments/webhook/acmepay"
 
@@ -36,10 +36,16 @@ def notice(organisation_id: int, payment_id: str, amount_minor: int = 5000, **ex
     ).encode()
 
 
-def signed(body: bytes, *, secret: str = WEBHOOK_SECRET, at: float | None = None) -> dict[str, str]:
+def signed(
+    body: bytes,
+    *,
+    secret: str = WEBHOOK_SECRET,
+    provider: str = "acmepay",
+    at: float | None = None,
+) -> dict[str, str]:
     timestamp = int(time.time() if at is None else at)
     return {
-        SIGNATURE_HEADER: sign(secret.encode(), body, timestamp),
+        SIGNATURE_HEADER: sign(secret.encode(), provider, body, timestamp),
         "Content-Type": "application/json",
     }
 
@@ -184,6 +190,16 @@ BAD_DELIVERIES = [
         413,
     ),
     _bad(
+        "signed for another provider with the same secret",
+        _with_body(lambda o: notice(o, "p"), lambda b: signed(b, provider="sharedpay")),
+        401,
+    ),
+    _bad(
+        "provider not configured",
+        lambda o: ("/v1/payments/webhook/nopay", notice(o, "p"), signed(notice(o, "p"))),
+        404,
+    ),
+    _bad(
         "provider name not allowed",
         lambda o: ("/v1/payments/webhook/Acme.Pay", notice(o, "p"), signed(notice(o, "p"))),
         422,
@@ -219,6 +235,34 @@ def test_an_oversized_streamed_body_is_refused_without_a_content_length(
     response = shared_sidecar.client.post(URL, content=chunks(), headers=headers)
     assert response.status_code == 413
     assert shared_sidecar.seed.count(Payment, organisation_id=org) == 0
+
+
+def test_a_captured_delivery_sent_to_other_provider_urls_is_never_credited_again(
+    shared_sidecar: SidecarApi,
+) -> None:
+    org = shared_sidecar.seed.organisation()
+    body = notice(org, "pay_captured", amount_minor=700)
+    headers = signed(body)
+    assert shared_sidecar.client.post(URL, content=body, headers=headers).status_code == 200
+    for provider in ("sharedpay", "otherpay", "nopay", "acmepay2"):
+        response = shared_sidecar.client.post(
+            f"/v1/payments/webhook/{provider}", content=body, headers=headers
+        )
+        assert response.status_code in (401, 404), provider
+    assert shared_sidecar.client.post(URL, content=body, headers=headers).json()["duplicate"]
+    assert shared_sidecar.seed.balance(org) == 700
+    assert shared_sidecar.seed.count(Payment, organisation_id=org) == 1
+
+
+def test_each_provider_verifies_with_its_own_secret(shared_sidecar: SidecarApi) -> None:
+    org = shared_sidecar.seed.organisation()
+    body = notice(org, "pay_other", amount_minor=300)
+    url = "/v1/payments/webhook/otherpay"
+    wrong = signed(body, provider="otherpay")  # acmepay's secret
+    assert shared_sidecar.client.post(url, content=body, headers=wrong).status_code == 401
+    right = signed(body, provider="otherpay", secret=PAYMENT_PROVIDERS["otherpay"])
+    assert shared_sidecar.client.post(url, content=body, headers=right).status_code == 200
+    assert shared_sidecar.seed.balance(org) == 300
 
 
 def test_webhook_outcomes_and_latency_are_measured(shared_sidecar: SidecarApi) -> None:

@@ -25,7 +25,11 @@ from tests.api_client import SidecarApi, make_config
     [
         {"service_token": ""},
         {"service_token": "short"},
-        {"payment_webhook_secret": "x" * 15},
+        {"payment_webhook_secrets": {"acmepay": "x" * 15}},
+        {"payment_webhook_secrets": {"Acme": "x" * 16}},
+        {"payment_webhook_secrets": {"": "x" * 16}},
+        {"rate_limit_webhook_per_ip": 0},
+        {"rate_limit_per_key": -1},
         {"notify_webhook_url": "https://hooks.example.com/n"},
         {"max_body_bytes": 0},
         {"rate_limit_per_ip": 0},

@@ -126,7 +126,9 @@ def test_a_notification_is_recorded_and_posted_signed_to_the_webhook(
     timestamp, signature = request.headers["X-Signature"].split(",")
     t = timestamp.removeprefix("t=")
     assert before <= int(t) <= time.time()
-    expected = hmac.new(SECRET.encode(), f"{t}.".encode() + request.body, hashlib.sha256)
+    expected = hmac.new(
+        SECRET.encode(), f"{t}.voice-agent.".encode() + request.body, hashlib.sha256
+    )
     assert signature == f"v1={expected.hexdigest()}"
     [row] = notification_rows(engine, org_id)
     assert row.dedupe_key == f"{org_id}:monthly_minutes_exhausted:2026-11"

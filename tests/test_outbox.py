@@ -461,7 +461,6 @@ def test_the_outbox_bills_each_event_once_through_the_real_sidecar_route(
         database_url="unused://",
         redis_url=None,
         service_token=TOKEN,
-        payment_webhook_secret="whsec_0123456789abcdef",
         notify_webhook_url=None,
         notify_webhook_secret=None,
         recordings_dir=tmp_path / "recordings",

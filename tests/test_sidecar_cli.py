@@ -17,7 +17,7 @@ from tests.test_cli import REPO, one_error_line, run_cli
 
 SECRETS = {
     "SIDECAR_SERVICE_TOKEN": "service-token-0123456789",
-    "PAYMENT_WEBHOOK_SECRET": "webhook-secret-0123456789",
+    "PAYMENT_WEBHOOK_SECRETS": '{"acmepay": "webhook-secret-0123456789"}',
 }
 
 
@@ -57,6 +57,45 @@ def test_serve_without_secrets_is_one_line(tmp_path: Path):
     proc = run_cli("sidecar", env=sqlite_env(tmp_path), cwd=tmp_path)
     assert proc.returncode == 1
     assert "SIDECAR_SERVICE_TOKEN" in one_error_line(proc)
+
+
+@pytest.mark.parametrize(
+    ("secrets", "named"),
+    [
+        ("{not json", "PAYMENT_WEBHOOK_SECRETS"),
+        ('["acmepay"]', "PAYMENT_WEBHOOK_SECRETS"),
+        ('{"Acme Pay": "webhook-secret-0123456789"}', "provider name"),
+        ('{"acmepay": "short"}', "acmepay"),
+    ],
+    ids=["not JSON", "not an object", "bad provider name", "short secret"],
+)
+def test_malformed_payment_providers_are_one_line(tmp_path: Path, secrets: str, named: str):
+    env = {**sqlite_env(tmp_path), **SECRETS, "PAYMENT_WEBHOOK_SECRETS": secrets}
+    proc = run_cli("sidecar", env=env, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert named in one_error_line(proc)
+
+
+def test_rate_limits_and_providers_come_from_the_settings(monkeypatch: pytest.MonkeyPatch):
+    from agent.cli import sidecar_config
+    from agent.settings import Settings
+
+    for name, value in {
+        **SECRETS,
+        "SIDECAR_RATE_LIMIT_PER_IP": "7",
+        "SIDECAR_RATE_LIMIT_PER_KEY": "8",
+        "SIDECAR_RATE_LIMIT_WEBHOOK_PER_IP": "9",
+        "SIDECAR_RATE_LIMIT_WINDOW_S": "30",
+    }.items():
+        monkeypatch.setenv(name, value)
+    config = sidecar_config(Settings(_env_file=None))  # type: ignore[call-arg]
+    assert (
+        config.rate_limit_per_ip,
+        config.rate_limit_per_key,
+        config.rate_limit_webhook_per_ip,
+        config.rate_limit_window_s,
+    ) == (7, 8, 9, 30.0)
+    assert dict(config.payment_webhook_secrets) == {"acmepay": "webhook-secret-0123456789"}
 
 
 def test_unreachable_database_is_one_line(tmp_path: Path):

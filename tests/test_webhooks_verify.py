@@ -42,31 +42,31 @@ def body_of(**changes: Any) -> bytes:
 
 
 def verify(body: bytes, header: str | None, *, now: float = NOW) -> None:
-    verify_signature(SECRET, header, body, now=now)
+    verify_signature(SECRET, "stripe", header, body, now=now)
 
 
 def test_a_fresh_signed_notice_is_accepted():
     body = body_of()
-    verify(body, sign(SECRET, body, NOW))
+    verify(body, sign(SECRET, "stripe", body, NOW))
     assert parse_payment_notice("stripe", body) == PaymentNotice("stripe", "pi_123", 1, 5000, "USD")
 
 
 def test_a_signature_made_exactly_at_the_tolerance_is_accepted():
     body = body_of()
-    verify(body, sign(SECRET, body, NOW - 300))
-    verify(body, sign(SECRET, body, NOW + 300))
+    verify(body, sign(SECRET, "stripe", body, NOW - 300))
+    verify(body, sign(SECRET, "stripe", body, NOW + 300))
 
 
 def test_one_matching_signature_among_several_is_enough():
     # a provider rotating its secret signs with the old and the new one
     body = body_of()
-    good = sign(SECRET, body, NOW).split("v1=")[1]
+    good = sign(SECRET, "stripe", body, NOW).split("v1=")[1]
     verify(body, f"t={NOW},v1={'0' * 64},v1={good}")
 
 
 def test_unknown_signature_schemes_are_ignored():
     body = body_of()
-    verify(body, f"{sign(SECRET, body, NOW)},v0=whatever")
+    verify(body, f"{sign(SECRET, 'stripe', body, NOW)},v0=whatever")
 
 
 def test_unknown_fields_in_the_body_are_ignored():
@@ -110,22 +110,30 @@ def test_a_malformed_signature_header_is_401(header):
     assert error.value.status_code == 401
 
 
+def test_a_signature_made_for_another_provider_is_401():
+    # even with the same secret: the provider is part of the signed bytes
+    body = body_of()
+    with pytest.raises(WebhookError) as error:
+        verify(body, sign(SECRET, "acmepay", body, NOW))
+    assert error.value.status_code == 401
+
+
 def test_a_signature_made_with_another_secret_is_401():
     body = body_of()
     with pytest.raises(WebhookError) as error:
-        verify(body, sign(b"another secret entirely", body, NOW))
+        verify(body, sign(b"another secret entirely", "stripe", body, NOW))
     assert error.value.status_code == 401
 
 
 def test_a_signature_of_another_body_is_401():
     with pytest.raises(WebhookError) as error:
-        verify(body_of(amount_minor=999999), sign(SECRET, body_of(), NOW))
+        verify(body_of(amount_minor=999999), sign(SECRET, "stripe", body_of(), NOW))
     assert error.value.status_code == 401
 
 
 def test_a_signature_moved_to_another_timestamp_is_401():
     body = body_of()
-    signature = sign(SECRET, body, NOW - 1000).split("v1=")[1]
+    signature = sign(SECRET, "stripe", body, NOW - 1000).split("v1=")[1]
     with pytest.raises(WebhookError) as error:
         verify(body, f"t={NOW},v1={signature}")
     assert error.value.status_code == 401
@@ -135,14 +143,14 @@ def test_a_signature_moved_to_another_timestamp_is_401():
 def test_a_signature_outside_the_tolerance_is_401(age_s):
     body = body_of()
     with pytest.raises(WebhookError) as error:
-        verify(body, sign(SECRET, body, NOW - age_s))
+        verify(body, sign(SECRET, "stripe", body, NOW - age_s))
     assert error.value.status_code == 401
 
 
 def test_an_oversized_body_is_413_before_it_is_hashed_or_parsed():
     body = b"{" + b" " * MAX_BODY_BYTES + b"}"
     for check in (
-        lambda: verify(body, sign(SECRET, body, NOW)),
+        lambda: verify(body, sign(SECRET, "stripe", body, NOW)),
         lambda: parse_payment_notice("stripe", body),
     ):
         with pytest.raises(WebhookError) as error:
@@ -152,14 +160,14 @@ def test_an_oversized_body_is_413_before_it_is_hashed_or_parsed():
 
 def test_an_empty_secret_is_a_configuration_error():
     with pytest.raises(ValueError):
-        verify_signature(b"", sign(b"x", b"{}", NOW), b"{}", now=NOW)
+        verify_signature(b"", "stripe", sign(b"x", "stripe", b"{}", NOW), b"{}", now=NOW)
 
 
 @given(
     body=st.binary(min_size=1, max_size=200), index=st.integers(0, 199), flip=st.integers(1, 255)
 )
 def test_changing_any_byte_of_a_signed_body_breaks_its_signature(body, index, flip):
-    header = sign(SECRET, body, NOW)
+    header = sign(SECRET, "stripe", body, NOW)
     tampered = bytearray(body)
     tampered[index % len(body)] ^= flip
     with pytest.raises(WebhookError):
@@ -230,7 +238,7 @@ def test_a_422_message_names_the_field_without_echoing_its_value():
 
 def receive(engine: Engine, header: str | None, body: bytes) -> None:
     """What the webhook route does: size and signature, then the body, then the ledger."""
-    verify_signature(SECRET, header, body, now=NOW)
+    verify_signature(SECRET, "stripe", header, body, now=NOW)
     notice = parse_payment_notice("stripe", body)
     with session_scope(engine) as session:
         apply_payment(session, notice, actor="webhook:stripe")
@@ -243,11 +251,11 @@ def test_no_refused_delivery_writes_anything(engine):
     signed = body_of()
     deliveries: list[tuple[str | None, bytes]] = [
         *((header, signed) for header in [None, "", *MALFORMED_HEADERS.values()]),
-        (sign(b"another secret entirely", signed, NOW), signed),
-        (sign(SECRET, signed, NOW - 301), signed),
-        (sign(SECRET, signed, NOW + 301), signed),
+        (sign(b"another secret entirely", "stripe", signed, NOW), signed),
+        (sign(SECRET, "stripe", signed, NOW - 301), signed),
+        (sign(SECRET, "stripe", signed, NOW + 301), signed),
         *(
-            (sign(SECRET, body, NOW), body)
+            (sign(SECRET, "stripe", body, NOW), body)
             for body in [
                 *MALFORMED_BODIES.values(),
                 *INVALID_BODIES.values(),
@@ -266,6 +274,6 @@ def test_no_refused_delivery_writes_anything(engine):
         assert stored.balance_minor == 0
     # and a good delivery still goes through afterwards
     good = body_of(organisation_id=org_id)
-    receive(engine, sign(SECRET, good, NOW), good)
+    receive(engine, sign(SECRET, "stripe", good, NOW), good)
     with Session(engine) as session:
         assert session.exec(select(func.count()).select_from(Payment)).one() == 1

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from billing.api.deps import service_token_matches
 from billing.api.errors import error_response
 from billing.api.metrics import SidecarMetrics
-from billing.api.rate_limits import RateLimits
+from billing.api.rate_limits import LimitName, RateLimits
 from billing.config import SidecarConfig
 
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json"})
@@ -99,10 +99,14 @@ class RequestMetricsMiddleware:
             )
 
 
+WEBHOOK_PATH_PREFIX = "/v1/payments/webhook/"
+
+
 class RateLimitMiddleware:
     """At most ``rate_limit_per_ip`` requests per client IP in each
-    ``rate_limit_window_s``; beyond that, 429 with Retry-After. (The per-key limit is
-    checked once the key has authenticated: see ``billing.api.rate_limits``.)
+    ``rate_limit_window_s`` (payment webhooks: ``rate_limit_webhook_per_ip``, counted
+    apart); beyond that, 429 with Retry-After. (The per-key limit is checked once the key
+    has authenticated: see ``billing.api.rate_limits``.)
 
     Workers calling ``/internal`` with the right service token are not limited: they are
     ours, and a busy worker's heartbeats and billing events must never be dropped. The
@@ -121,12 +125,13 @@ class RateLimitMiddleware:
             return
         client = scope.get("client")
         ip = client[0] if client else "unknown"
-        retry_after_s = await anyio.to_thread.run_sync(self.limits.retry_after_s, "ip", ip)
+        name: LimitName = "webhook" if scope["path"].startswith(WEBHOOK_PATH_PREFIX) else "ip"
+        retry_after_s = await anyio.to_thread.run_sync(self.limits.retry_after_s, name, ip)
         if retry_after_s is not None:
             response = error_response(
                 429,
                 "rate limit exceeded for this IP address",
-                reason="rate_limit_ip",
+                reason=f"rate_limit_{name}",
                 headers={"Retry-After": str(retry_after_s)},
             )
             await response(scope, receive, send)

@@ -1,6 +1,7 @@
-"""The sidecar's two rate limits, per client IP and per API key, over one limiter.
+"""The sidecar's rate limits over one limiter: per client IP, per API key, and per client
+IP for the payment webhook (a budget of its own).
 
-The IP limit is checked in middleware, before any work; the key limit once the key has
+The IP limits are checked in middleware, before any work; the key limit once the key has
 authenticated (``deps.authenticated``), so only the key's holder spends its budget: a
 request that merely names a key's (public) prefix with a wrong secret counts against its
 IP, never against the key.
@@ -20,7 +21,7 @@ from storage.rate_limits import RateLimiter
 
 logger = logging.getLogger(__name__)
 
-LimitName = Literal["ip", "key"]
+LimitName = Literal["ip", "key", "webhook"]
 
 
 class RateLimits:
@@ -35,6 +36,7 @@ class RateLimits:
         self._limits: dict[LimitName, int] = {
             "ip": config.rate_limit_per_ip,
             "key": config.rate_limit_per_key,
+            "webhook": config.rate_limit_webhook_per_ip,
         }
         self._metrics = metrics
 

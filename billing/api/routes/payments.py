@@ -1,10 +1,12 @@
 """``POST /v1/payments/webhook/{provider}``: a payment provider's signed notice.
 
-No API key: the provider proves itself with an HMAC signature over the raw body (see
-``billing.webhooks``). Order: size (the app's body limit refuses an oversized body before
-it is read, and ``verify_signature`` checks again), signature, parsing, then the ledger,
-in one transaction that commits only on success: every error leaves nothing written.
-Deliveries are idempotent by (provider, provider payment id), concurrent ones included.
+No API key: the provider proves itself with an HMAC signature, made with its own secret,
+over its name and the raw body (see ``billing.webhooks``). Order: the provider must be
+configured (else 404), size (the app's body limit refuses an oversized body before it is
+read, and ``verify_signature`` checks again), signature, parsing, then the ledger, in one
+transaction that commits only on success: every error leaves nothing written. Deliveries
+are idempotent by (provider, provider payment id), the pair the signature covers,
+concurrent ones included.
 """
 
 from __future__ import annotations
@@ -17,15 +19,21 @@ from fastapi import APIRouter, Depends, Header, Path, Request
 from pydantic import BaseModel
 
 from billing.api.deps import DbSession, Resources
-from billing.api.errors import ErrorBody, Unprocessable
+from billing.api.errors import ErrorBody, NotFound, Unprocessable
 from billing.ledger import LedgerError, apply_payment
-from billing.webhooks import SIGNATURE_HEADER, WebhookError, parse_payment_notice, verify_signature
+from billing.webhooks import (
+    PROVIDER_PATTERN,
+    SIGNATURE_HEADER,
+    WebhookError,
+    parse_payment_notice,
+    verify_signature,
+)
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/payments", tags=["payments"])
 
-Provider = Annotated[str, Path(min_length=1, max_length=50, pattern=r"^[a-z0-9_-]+$")]
+Provider = Annotated[str, Path(min_length=1, max_length=50, pattern=PROVIDER_PATTERN)]
 
 
 class PaymentReceipt(BaseModel):
@@ -59,6 +67,7 @@ _NOTICE_SCHEMA = {
         for status, text in (
             (400, "body is not a JSON object"),
             (401, f"{SIGNATURE_HEADER} missing, wrong or outside the replay window"),
+            (404, "no payment provider of this name is configured"),
             (413, "body too large"),
             (422, "invalid notice, or the ledger refused it"),
         )
@@ -76,10 +85,15 @@ def receive_payment(
     """200 for a new payment and for a repeated delivery of one (``duplicate``)."""
     metrics = resources.metrics
     config = resources.config
+    secret = config.payment_webhook_secrets.get(provider)
+    if secret is None:
+        metrics.payment_webhooks.labels("rejected", "404").inc()
+        raise NotFound("no payment provider of this name is configured")
     started = time.perf_counter()
     try:
         verify_signature(
-            config.payment_webhook_secret.encode(),
+            secret.encode(),
+            provider,
             signature,
             body,
             now=time.time(),
