@@ -75,10 +75,18 @@ class AdmissionRequest:
     resume: bool = False
 
 
+def lease_id_for(organisation_id: int, call_id: str) -> str:
+    """The lease of one organisation's call: ``"<organisation id>:<call id>"``. Keyed by
+    both, so two organisations' calls that share an id never share (or free) a lease, and
+    a lease id names its owner: only the organisation's own call can renew or release it."""
+    return f"{organisation_id}:{call_id}"
+
+
 @dataclass(frozen=True)
 class Admission:
-    """The decision. Admitted: ``lease_id`` is the lease to heartbeat and release.
-    Refused: ``reason`` is one of the reason codes and ``message`` the caller's sentence."""
+    """The decision. Admitted: ``lease_id`` (:func:`lease_id_for`) is the lease to
+    heartbeat and release. Refused: ``reason`` is one of the reason codes and ``message``
+    the caller's sentence."""
 
     admitted: bool
     lease_id: str | None
@@ -126,7 +134,8 @@ class AdmissionController:
         return self._lease_ttl_s
 
     def admit(self, req: AdmissionRequest) -> Admission:
-        """Admit the call and take its lease (``lease_id == req.call_id``), or refuse it.
+        """Admit the call and take its lease (:func:`lease_id_for` its organisation and
+        ``req.call_id``), or refuse it.
 
         Admitting a call whose lease is still live admits it again (a retried request)
         and takes no second slot, even if its organisation ran out of minutes or balance
@@ -145,7 +154,8 @@ class AdmissionController:
         if req.resume:
             # a live call is counted, never refused: no limit holds it out of its scopes
             scopes = [LeaseScope(scope.key, UNLIMITED) for scope in scopes]
-        full_scope = self._leases.acquire(req.call_id, scopes, self._lease_ttl_s)
+        lease_id = lease_id_for(verdict.organisation_id, req.call_id)
+        full_scope = self._leases.acquire(lease_id, scopes, self._lease_ttl_s)
         if full_scope is None:
             return self._admitted(req, verdict.organisation_id)
         reason = CONCURRENT_CALLS_LIMIT if full_scope == scopes[0].key else NUMBER_CONCURRENCY_LIMIT
@@ -210,7 +220,7 @@ class AdmissionController:
     ) -> Admission:
         # only here, on the rare refusal path, is a live lease looked for: a retried
         # admission of a running call must not refuse it (nor notify about it)
-        if self._leases.heartbeat(req.call_id, self._lease_ttl_s):
+        if self._leases.heartbeat(lease_id_for(organisation_id, req.call_id), self._lease_ttl_s):
             return self._admitted(req, organisation_id)
         self._notifier.notify_admins_once(session, organisation_id, reason, period, admin_message)
         return self._refuse(req, reason, organisation_id)
@@ -219,7 +229,7 @@ class AdmissionController:
         logger.debug(
             "call admitted", extra={"call_id": req.call_id, "organisation_id": organisation_id}
         )
-        return Admission(True, req.call_id, None, ADMITTED_MESSAGE)
+        return Admission(True, lease_id_for(organisation_id, req.call_id), None, ADMITTED_MESSAGE)
 
     def _refuse(self, req: AdmissionRequest, reason: str, organisation_id: int | None) -> Admission:
         # no dialled number here: numbers are never logged unmasked

@@ -82,7 +82,7 @@ def admit_many(
         return list(pool.map(admissions.admit, requests))
 
 
-def test_a_call_within_its_quotas_is_admitted_with_a_lease_named_after_the_call(
+def test_a_call_within_its_quotas_is_admitted_with_a_lease_named_after_its_org_and_call(
     engine: Engine,
 ) -> None:
     org_id, agent_id = seed(engine)
@@ -91,7 +91,7 @@ def test_a_call_within_its_quotas_is_admitted_with_a_lease_named_after_the_call(
     admission = controller(engine, leases).admit(AdmissionRequest("call-1", agent_id=agent_id))
 
     assert admission.admitted and admission.reason is None
-    assert admission.lease_id == "call-1"
+    assert admission.lease_id == f"{org_id}:call-1"
     assert leases.active(f"org:{org_id}") == 1
 
 
@@ -211,7 +211,7 @@ def test_a_refused_call_leaves_live_calls_untouched(
     assert not admissions.admit(AdmissionRequest("new", agent_id=agent_id)).admitted
 
     assert lease_store.active(f"org:{org_id}") == 2
-    assert admissions.heartbeat("live-0") and admissions.heartbeat("live-1")
+    assert admissions.heartbeat(f"{org_id}:live-0") and admissions.heartbeat(f"{org_id}:live-1")
 
 
 def test_exhausted_minutes_refuse_new_calls_but_never_cut_a_live_one(
@@ -226,7 +226,7 @@ def test_exhausted_minutes_refuse_new_calls_but_never_cut_a_live_one(
     assert admissions.admit(AdmissionRequest("new", agent_id=agent_id)).reason == (
         "monthly_minutes_exhausted"
     )
-    assert admissions.heartbeat("live")
+    assert admissions.heartbeat(f"{org_id}:live")
     assert lease_store.active(f"org:{org_id}") == 1
     # a retried admission of the live call is not a new call
     assert admissions.admit(AdmissionRequest("live", agent_id=agent_id)).admitted
@@ -241,7 +241,7 @@ def test_readmitting_the_same_call_takes_no_second_slot(
     first = admissions.admit(AdmissionRequest("call-1", agent_id=agent_id))
     again = admissions.admit(AdmissionRequest("call-1", agent_id=agent_id))
 
-    assert first.admitted and again.admitted and again.lease_id == "call-1"
+    assert first.admitted and again.admitted and again.lease_id == f"{org_id}:call-1"
     assert lease_store.active(f"org:{org_id}") == 1
 
 
@@ -259,7 +259,7 @@ def test_calls_of_a_dead_worker_free_their_slots_after_the_lease_ttl(
         time.sleep(0.05)
 
     assert admissions.admit(AdmissionRequest("new", agent_id=agent_id)).admitted
-    assert not admissions.heartbeat("dead-0")
+    assert not admissions.heartbeat(f"{org_id}:dead-0")
 
 
 def test_a_live_call_that_lost_its_lease_is_counted_again_even_over_the_limit(
@@ -268,14 +268,14 @@ def test_a_live_call_that_lost_its_lease_is_counted_again_even_over_the_limit(
     org_id, agent_id = seed(engine, max_concurrent_calls=1)
     admissions = controller(engine, lease_store)
     assert admissions.admit(AdmissionRequest("live", agent_id=agent_id)).admitted
-    lease_store.release("live")  # lost: its TTL ran out, or the store restarted
+    lease_store.release(f"{org_id}:live")  # lost: its TTL ran out, or the store restarted
     assert admissions.admit(AdmissionRequest("new", agent_id=agent_id)).admitted
 
     resumed = admissions.admit(AdmissionRequest("live", agent_id=agent_id, resume=True))
 
-    assert resumed.admitted and resumed.lease_id == "live"
+    assert resumed.admitted and resumed.lease_id == f"{org_id}:live"
     assert lease_store.active(f"org:{org_id}") == 2  # over the limit: both calls are live
-    assert admissions.heartbeat("live")
+    assert admissions.heartbeat(f"{org_id}:live")
     assert admissions.admit(AdmissionRequest("third", agent_id=agent_id)).reason == (
         "concurrent_calls_limit"
     )
@@ -425,3 +425,23 @@ def test_concurrent_agent_creations_stop_exactly_at_max_agents(engine: Engine) -
 def test_an_unknown_organisation_cannot_create_agents(engine: Engine) -> None:
     with pytest.raises(LookupError), session_scope(engine) as session:
         check_can_create_agent(session, 999_999)
+
+
+def test_two_organisations_calls_with_one_id_hold_separate_leases(
+    engine: Engine, lease_store: LeaseStore
+) -> None:
+    org_a, agent_a = seed(engine, max_concurrent_calls=1)
+    org_b, agent_b = seed(engine, max_concurrent_calls=1)
+    admissions = controller(engine, lease_store)
+    a = admissions.admit(AdmissionRequest("same-id", agent_id=agent_a))
+    b = admissions.admit(AdmissionRequest("same-id", agent_id=agent_b))
+    assert a.admitted and b.admitted and a.lease_id != b.lease_id
+    assert (lease_store.active(f"org:{org_a}"), lease_store.active(f"org:{org_b}")) == (1, 1)
+    # B is at its limit of one: B's own "same-id" counted, not A's
+    assert admissions.admit(AdmissionRequest("other", agent_id=agent_b)).reason == (
+        "concurrent_calls_limit"
+    )
+    assert b.lease_id is not None and a.lease_id is not None
+    admissions.release(b.lease_id)  # B's release frees B's slot only
+    assert (lease_store.active(f"org:{org_a}"), lease_store.active(f"org:{org_b}")) == (1, 0)
+    assert admissions.heartbeat(a.lease_id)

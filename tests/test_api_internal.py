@@ -74,22 +74,58 @@ def test_an_admitted_call_gets_a_lease_to_heartbeat_and_release(shared_sidecar: 
     assert admitted == {
         "status": 200,
         "admitted": True,
-        "lease_id": "call-lease",
+        "lease_id": f"{org}:call-lease",
         "reason": None,
         "message": admitted["message"],
     }
-    heartbeat = client.post("/internal/admissions/call-lease/heartbeat", headers=SERVICE_HEADERS)
+    lease = f"/internal/admissions/{org}:call-lease"
+    heartbeat = client.post(f"{lease}/heartbeat", headers=SERVICE_HEADERS)
     assert heartbeat.status_code == 200
     assert heartbeat.json()["ttl_s"] == shared_sidecar.config.lease_ttl_s
-    released = client.delete("/internal/admissions/call-lease", headers=SERVICE_HEADERS)
+    released = client.delete(lease, headers=SERVICE_HEADERS)
     assert released.status_code == 204
-    gone = client.post("/internal/admissions/call-lease/heartbeat", headers=SERVICE_HEADERS)
+    gone = client.post(f"{lease}/heartbeat", headers=SERVICE_HEADERS)
     assert gone.status_code == 404
 
 
 def test_releasing_an_unknown_lease_is_a_204(shared_sidecar: SidecarApi) -> None:
-    response = shared_sidecar.client.delete("/internal/admissions/nobody", headers=SERVICE_HEADERS)
+    response = shared_sidecar.client.delete(
+        "/internal/admissions/1:nobody", headers=SERVICE_HEADERS
+    )
     assert response.status_code == 204
+
+
+@pytest.mark.parametrize(
+    "lease_id", ["nobody", "0:x", ":x", "1:", "99999999999:x", "1:" + "x" * 80]
+)
+def test_a_malformed_lease_id_is_422(shared_sidecar: SidecarApi, lease_id: str) -> None:
+    client = shared_sidecar.client
+    for response in (
+        client.delete(f"/internal/admissions/{lease_id}", headers=SERVICE_HEADERS),
+        client.post(f"/internal/admissions/{lease_id}/heartbeat", headers=SERVICE_HEADERS),
+    ):
+        assert response.status_code in (404, 422), response.text
+
+
+def test_one_call_id_in_two_organisations_takes_a_slot_in_each_and_frees_only_its_own(
+    shared_sidecar: SidecarApi,
+) -> None:
+    client = shared_sidecar.client
+    org_a = shared_sidecar.seed.organisation(max_concurrent_calls=1)
+    org_b = shared_sidecar.seed.organisation(max_concurrent_calls=1)
+    call = f"shared-{org_a}"
+    a = _admit(shared_sidecar, call, org_a)
+    b = _admit(shared_sidecar, call, org_b)
+    assert (a["status"], b["status"]) == (200, 200)
+    assert a["lease_id"] != b["lease_id"]
+    # each organisation is at its limit of one with its own call
+    assert _admit(shared_sidecar, f"more-{org_a}", org_a)["status"] == 409
+    assert _admit(shared_sidecar, f"more-{org_b}", org_b)["status"] == 409
+    client.delete(f"/internal/admissions/{b['lease_id']}", headers=SERVICE_HEADERS)
+    still = client.post(f"/internal/admissions/{a['lease_id']}/heartbeat", headers=SERVICE_HEADERS)
+    assert still.status_code == 200
+    assert _admit(shared_sidecar, f"more-{org_a}", org_a)["status"] == 409
+    assert _admit(shared_sidecar, f"more-{org_b}", org_b)["status"] == 200
 
 
 def test_a_refused_call_is_409_with_reason_and_message_and_counted(
@@ -121,7 +157,7 @@ def test_a_live_call_resumes_its_lease_over_the_limit(shared_sidecar: SidecarApi
         json={"call_id": f"lost-{org}", "organisation_id": org, "resume": True},
         headers=SERVICE_HEADERS,
     )
-    assert response.status_code == 200 and response.json()["lease_id"] == f"lost-{org}"
+    assert response.status_code == 200 and response.json()["lease_id"] == f"{org}:lost-{org}"
     assert _admit(shared_sidecar, f"new-{org}", org)["status"] == 409
 
 
@@ -173,7 +209,7 @@ def test_active_leases_are_a_gauge(shared_sidecar: SidecarApi) -> None:
     before = gauge()
     _admit(shared_sidecar, f"gauge-{org}", org)
     assert gauge() == before + 1
-    shared_sidecar.client.delete(f"/internal/admissions/gauge-{org}", headers=SERVICE_HEADERS)
+    shared_sidecar.client.delete(f"/internal/admissions/{org}:gauge-{org}", headers=SERVICE_HEADERS)
     assert gauge() == before
 
 

@@ -93,7 +93,8 @@ async def test_a_lost_lease_is_taken_again_and_counts_against_new_calls(
         live = FakeJobRequest(FakeJob("live", meta))
         await handler(live)
         assert live.accepted is not None and live.accepted[ADMISSION_ATTR] == "admitted"
-        keeper = LeaseKeeper(client, CallIdentity("live", one_call_org, None, None), "live")
+        lease = f"{one_call_org}:live"
+        keeper = LeaseKeeper(client, CallIdentity("live", one_call_org, None, None), lease)
 
         await asyncio.sleep(0.5)  # the lease expires
         other = FakeJobRequest(FakeJob("other", meta))
@@ -101,7 +102,7 @@ async def test_a_lost_lease_is_taken_again_and_counts_against_new_calls(
         assert other.accepted is not None and other.accepted[ADMISSION_ATTR] == "admitted"
 
         await keeper.tick()
-        assert keeper.lease_id == "live" and await client.heartbeat("live")
+        assert keeper.lease_id == lease and await client.heartbeat(lease)
         third = FakeJobRequest(FakeJob("third", meta))
         await handler(third)
         assert third.accepted is not None and third.accepted[REASON_ATTR] == (
@@ -109,7 +110,7 @@ async def test_a_lost_lease_is_taken_again_and_counts_against_new_calls(
         )
 
         await keeper.release()
-        assert keeper.lease_id is None and not await client.heartbeat("live")
+        assert keeper.lease_id is None and not await client.heartbeat(lease)
         await client.aclose()
 
 
@@ -124,7 +125,8 @@ async def test_a_call_admitted_while_the_sidecar_was_down_takes_a_lease_once_it_
     app = create_app(make_config(database_url, tmp_path / "rec"), engine=engine)
     with serving(app, port=unused_tcp_port):
         await keeper.tick()
-        assert keeper.lease_id == "call-1" and await client.heartbeat("call-1")
+        lease = f"{one_call_org}:call-1"
+        assert keeper.lease_id == lease and await client.heartbeat(lease)
         await keeper.release()
     await client.aclose()
 
@@ -183,11 +185,12 @@ async def test_a_sidecar_error_on_heartbeat_keeps_the_lease_for_the_next_try(
             )
         ).admitted
         wrong = SidecarClient(url, "not-the-token-0123456789")
-        keeper = LeaseKeeper(wrong, CallIdentity("call-1", one_call_org, None, None), "call-1")
+        lease = f"{one_call_org}:call-1"
+        keeper = LeaseKeeper(wrong, CallIdentity("call-1", one_call_org, None, None), lease)
         await keeper.tick()
-        assert keeper.lease_id == "call-1"
+        assert keeper.lease_id == lease
         await keeper.release()  # refused too: the lease will expire by its TTL
-        assert await good.heartbeat("call-1")
-        await good.release("call-1")
+        assert await good.heartbeat(lease)
+        await good.release(lease)
         await wrong.aclose()
         await good.aclose()

@@ -23,7 +23,15 @@ router = APIRouter(
     responses={401: {"model": ErrorBody}, 503: {"model": ErrorBody}},
 )
 
-LeaseId = Annotated[str, Path(min_length=1, max_length=64)]
+LeaseId = Annotated[
+    str,
+    Path(
+        min_length=3,
+        max_length=75,
+        pattern=r"^[1-9][0-9]{0,9}:.+$",
+        description="As the admission returned it: <organisation id>:<call id>.",
+    ),
+]
 
 
 class AdmissionIn(BaseModel):
