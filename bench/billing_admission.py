@@ -90,9 +90,9 @@ def admit_and_release(
     def run(i: int) -> None:
         call_id = f"{store_name}-{i}"
         decision = admissions.admit(AdmissionRequest(call_id, agent_id=agent_id))
-        if not decision.admitted:
+        if not decision.admitted or decision.lease_id is None:
             raise RuntimeError(f"bench call refused: {decision.reason}")
-        admissions.release(call_id)
+        admissions.release(decision.lease_id)
 
     return run
 
