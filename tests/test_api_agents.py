@@ -64,6 +64,47 @@ def test_a_phone_number_belongs_to_one_agent_across_organisations(
     assert (taken.status_code, taken.json()["reason"]) == (409, "phone_number_taken")
 
 
+def test_a_taken_number_is_refused_alike_whoever_holds_it(shared_sidecar: SidecarApi) -> None:
+    seed = shared_sidecar.seed
+    mine = seed.member(seed.organisation(), Role.admin)
+    theirs = seed.member(seed.organisation(), Role.admin)
+    my_number, their_number = "+15550004441", "+15550004442"
+    seed.agent(mine.organisation_id, mine.user_id, phone_number=my_number)
+    seed.agent(theirs.organisation_id, theirs.user_id, phone_number=their_number)
+    answers = [
+        shared_sidecar.client.post(
+            "/v1/agents", json={"name": "n", "phone_number": number}, headers=mine.headers
+        )
+        for number in (my_number, their_number)
+    ]
+    assert [a.status_code for a in answers] == [409, 409]
+    assert answers[0].json() == answers[1].json()
+    assert str(theirs.organisation_id) not in answers[1].text
+
+
+def test_patching_a_taken_number_with_an_owner_is_the_same_409(shared_sidecar: SidecarApi) -> None:
+    seed = shared_sidecar.seed
+    admin = seed.member(seed.organisation(), Role.admin)
+    other_user = seed.member(admin.organisation_id, Role.agent)
+    taken = "+15550003331"
+    seed.agent(seed.organisation(), seed.member(seed.organisation(), Role.admin).user_id)
+    holder = seed.member(seed.organisation(), Role.admin)
+    seed.agent(holder.organisation_id, holder.user_id, phone_number=taken)
+    agent_id = seed.agent(admin.organisation_id, admin.user_id)
+    url = f"/v1/agents/{agent_id}"
+    alone = shared_sidecar.client.patch(url, json={"phone_number": taken}, headers=admin.headers)
+    with_owner = shared_sidecar.client.patch(
+        url,
+        json={"phone_number": taken, "owner_user_id": other_user.user_id, "name": "renamed"},
+        headers=admin.headers,
+    )
+    assert (alone.status_code, with_owner.status_code) == (409, 409)
+    assert alone.json() == with_owner.json()
+    stored = shared_sidecar.client.get(url, headers=admin.headers).json()
+    assert (stored["owner_user_id"], stored["phone_number"]) == (admin.user_id, None)
+    assert stored["name"] != "renamed"
+
+
 def test_a_phone_number_must_be_e164(shared_sidecar: SidecarApi) -> None:
     seed = shared_sidecar.seed
     admin = seed.member(seed.organisation(), Role.admin)

@@ -27,7 +27,15 @@ from billing.api.deps import (
     Resources,
     RowId,
 )
-from billing.api.errors import COMMON_RESPONSES, CONFLICT, NOT_FOUND, Conflict, Forbidden, NotFound
+from billing.api.errors import (
+    COMMON_RESPONSES,
+    CONFLICT,
+    NOT_FOUND,
+    Conflict,
+    ErrorBody,
+    Forbidden,
+    NotFound,
+)
 from storage.models import Agent, Call, Role, User
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"], responses=COMMON_RESPONSES)
@@ -84,14 +92,18 @@ def list_agents(
     "",
     response_model=AgentOut,
     status_code=201,
-    responses={**CONFLICT, 403: {"description": "an agent user set an admin-only field"}},
+    responses={
+        **CONFLICT,
+        **NOT_FOUND,
+        403: {"model": ErrorBody, "description": "an agent user set an admin-only field"},
+    },
     summary="Create an agent",
 )
 def create_agent(
     body: AgentCreate, principal: AgentEditor, session: DbSession, resources: Resources
 ) -> AgentOut:
     """409 with ``reason`` when the plan's agent quota is used up, or the phone number is
-    another agent's."""
+    taken (by any agent, of any organisation: the answer does not say whose)."""
     _check_admin_only_fields(principal, body.model_fields_set)
     owner_id = body.owner_user_id or principal.user_id
     _check_owner(session, principal, owner_id)
@@ -136,6 +148,10 @@ def patch_agent(
     changed = body.model_fields_set
     _check_admin_only_fields(principal, changed)
     agent = _get_agent(session, principal, agent_id)
+    # every lookup before the first change: a query after one would autoflush it, and a
+    # taken phone number would then fail outside _flush_or_conflict (a 500, not a 409)
+    if "owner_user_id" in changed and body.owner_user_id is not None:
+        _check_owner(session, principal, body.owner_user_id)
     for field in ("name", "instructions"):
         if field in changed and getattr(body, field) is not None:
             setattr(agent, field, getattr(body, field))
@@ -146,7 +162,6 @@ def patch_agent(
     if "max_concurrent_calls_per_number" in changed:
         agent.max_concurrent_calls_per_number = body.max_concurrent_calls_per_number
     if "owner_user_id" in changed and body.owner_user_id is not None:
-        _check_owner(session, principal, body.owner_user_id)
         agent.owner_user_id = body.owner_user_id
     session.add(agent)
     _flush_or_conflict(session)
@@ -199,14 +214,18 @@ def _check_owner(session: Session, principal: Principal, owner_id: int) -> None:
         raise NotFound(f"user {owner_id} not found")
 
 
+PHONE_NUMBER_TAKEN = "this phone number is not available"
+"""A dialled number routes calls to exactly one agent in the whole service, so a tenant can
+learn that a number is taken, but never whose it is: the answer is this one sentence,
+whether the number is one of the tenant's own agents' or another organisation's."""
+
+
 def _flush_or_conflict(session: Session) -> None:
     try:
         session.flush()
     except IntegrityError:
         # phone_number is the only unique column a client sets
-        raise Conflict(
-            "the phone number is assigned to another agent", reason="phone_number_taken"
-        ) from None
+        raise Conflict(PHONE_NUMBER_TAKEN, reason="phone_number_taken") from None
 
 
 def _out(agent: Agent) -> AgentOut:
