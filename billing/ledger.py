@@ -584,8 +584,9 @@ def _check_event(draft: EventDraft) -> None:
 
 
 def _check_length(what: str, value: str, max_chars: int, *, reason: str) -> None:
-    if not isinstance(value, str) or not value or len(value) > max_chars:
-        message = f"{what} must be 1..{max_chars} characters"
+    # NUL: PostgreSQL text cannot hold it, and both databases must refuse the same input
+    if not isinstance(value, str) or not value or len(value) > max_chars or "\x00" in value:
+        message = f"{what} must be 1..{max_chars} characters, none of them NUL"
         raise LedgerError(message, reason=reason, permanent=True)
 
 

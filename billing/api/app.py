@@ -10,12 +10,13 @@ import anyio.to_thread
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
-from billing.api.errors import install_error_handlers
+from billing.api.errors import APP_RESPONSES, install_error_handlers
 from billing.api.middleware import (
     BodySizeLimitMiddleware,
     RateLimitMiddleware,
     RequestMetricsMiddleware,
     SecurityHeadersMiddleware,
+    UnhandledErrorMiddleware,
 )
 from billing.api.resources import attach_resources, build_resources
 from billing.api.routes import (
@@ -82,6 +83,7 @@ def create_app(config: SidecarConfig, *, engine: Engine | None = None) -> FastAP
         version="1",
         lifespan=lifespan,
         redoc_url=None,
+        responses=APP_RESPONSES,
     )
     attach_resources(app, resources)
     install_error_handlers(app)
@@ -89,7 +91,9 @@ def create_app(config: SidecarConfig, *, engine: Engine | None = None) -> FastAP
         app.include_router(router)
     # the last added runs first: metrics see every response (429s and 413s included),
     # security headers go on every response, then rate limits and the body limit before
-    # any route work
+    # any route work, and innermost an unhandled error becomes a JSON 500 that all the
+    # others still see
+    app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=config.max_body_bytes)
     app.add_middleware(RateLimitMiddleware, limits=resources.rate_limits, config=config)
     app.add_middleware(SecurityHeadersMiddleware)

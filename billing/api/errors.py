@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from redis import RedisError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 
 from billing.webhooks import WebhookError
 
@@ -24,6 +24,18 @@ class ErrorBody(BaseModel):
 
     detail: str
     reason: str | None = None
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorBody(BaseModel):
+    """FastAPI's answer to a request its parameters or body schema refuse (422)."""
+
+    detail: list[ValidationIssue]
 
 
 class ApiError(Exception):
@@ -109,6 +121,21 @@ async def _webhook_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, exc.message)
 
 
+async def _unstorable_value(request: Request, exc: Exception) -> JSONResponse:
+    # the database refused a value it cannot hold (PostgreSQL: a NUL character in text);
+    # the client's to fix, so 422, in the shape of every other validation error
+    logger.warning(
+        "request value refused by the database",
+        extra={"path": request.url.path, "error": type(getattr(exc, "orig", exc)).__name__},
+    )
+    issue = ValidationIssue(
+        loc=["request"],
+        msg="a value cannot be stored (text must not contain NUL characters)",
+        type="value_error",
+    )
+    return JSONResponse(ValidationErrorBody(detail=[issue]).model_dump(), status_code=422)
+
+
 async def _dependency_down(request: Request, exc: Exception) -> JSONResponse:
     # a lost database or Redis is the operator's problem, not the client's: 503 (the
     # client retries) rather than 500, and the exception type only, never a DSN
@@ -123,9 +150,10 @@ async def _dependency_down(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Turn :class:`ApiError` and :class:`WebhookError` into their status, and database or
-    Redis outages into 503."""
+    """Turn :class:`ApiError` and :class:`WebhookError` into their status, a value the
+    database cannot store into 422, and database or Redis outages into 503."""
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(DataError, _unstorable_value)
     app.add_exception_handler(WebhookError, _webhook_error)
     app.add_exception_handler(OperationalError, _dependency_down)
     app.add_exception_handler(RedisError, _dependency_down)
@@ -142,3 +170,13 @@ NOT_FOUND: dict[int | str, dict[str, object]] = {
 CONFLICT: dict[int | str, dict[str, object]] = {
     409: {"model": ErrorBody, "description": "conflicts with the current state"}
 }
+
+APP_RESPONSES: dict[int | str, dict[str, object]] = {
+    400: {"model": ErrorBody, "description": "malformed request (e.g. a body that is not UTF-8)"},
+    413: {"model": ErrorBody, "description": "request body too large"},
+    429: {"model": ErrorBody, "description": "rate limited (per IP, per key); see Retry-After"},
+    500: {"model": ErrorBody, "description": "internal error (logged)"},
+    503: {"model": ErrorBody, "description": "the database or Redis is unavailable; retry"},
+}
+"""What any route can answer, whatever it does: the middleware's and the error handlers'
+statuses (every route is behind the body limit and a rate limit)."""

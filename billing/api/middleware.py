@@ -6,6 +6,7 @@ a body, so a streamed recording download stays streamed.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import anyio.to_thread
@@ -18,6 +19,8 @@ from billing.api.errors import error_response
 from billing.api.metrics import SidecarMetrics
 from billing.api.rate_limits import LimitName, RateLimits
 from billing.config import SidecarConfig
+
+logger = logging.getLogger(__name__)
 
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json"})
 
@@ -65,6 +68,38 @@ class SecurityHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class UnhandledErrorMiddleware:
+    """Turns any exception a route lets escape into a JSON 500 (``ErrorBody``), answered
+    from inside the other middleware, so it carries the security headers and is counted,
+    and the connection stays usable. Starlette's own last resort answers plain text from
+    outside every user middleware, then re-raises, and the server resets the connection.
+    The exception is logged with its traceback; the client learns nothing of it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        response_started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            response_started = response_started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            logger.exception(
+                "unhandled error", extra={"path": scope["path"], "method": scope["method"]}
+            )
+            if response_started:  # too late for a status: the server ends the response
+                raise
+            await error_response(500, "internal error; it has been logged")(scope, receive, send)
 
 
 class RequestMetricsMiddleware:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Request
 from pydantic import BaseModel
 
 from billing.api.deps import DbSession, Resources
-from billing.api.errors import ErrorBody, NotFound, Unprocessable
+from billing.api.errors import ErrorBody, NotFound, Unprocessable, ValidationErrorBody
 from billing.ledger import LedgerError, apply_payment
 from billing.webhooks import (
     PROVIDER_PATTERN,
@@ -59,19 +59,27 @@ _NOTICE_SCHEMA = {
 }
 
 
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in (
+        (400, "body is not a JSON object"),
+        (401, f"{SIGNATURE_HEADER} missing, wrong or outside the replay window"),
+        (404, "no payment provider of this name is configured"),
+        (413, "body too large"),
+        (429, "over the webhook's own rate limit; see Retry-After"),
+    )
+}
+_RESPONSES[422] = {
+    "model": ErrorBody | ValidationErrorBody,
+    "description": "invalid notice or refused by the ledger (ErrorBody), or an invalid "
+    "provider name in the path (ValidationErrorBody)",
+}
+
+
 @router.post(
     "/webhook/{provider}",
     response_model=PaymentReceipt,
-    responses={
-        status: {"model": ErrorBody, "description": text}
-        for status, text in (
-            (400, "body is not a JSON object"),
-            (401, f"{SIGNATURE_HEADER} missing, wrong or outside the replay window"),
-            (404, "no payment provider of this name is configured"),
-            (413, "body too large"),
-            (422, "invalid notice, or the ledger refused it"),
-        )
-    },
+    responses=_RESPONSES,
     openapi_extra={"requestBody": {"content": {"application/json": {"schema": _NOTICE_SCHEMA}}}},
     summary="Receive a payment notice (HMAC-signed)",
 )
