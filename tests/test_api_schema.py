@@ -73,6 +73,25 @@ def _operations(schema: schemathesis.BaseSchema) -> list[schemathesis.APIOperati
     return [result.ok() for result in schema.get_all_operations()]
 
 
+def _fuzz(
+    operation: schemathesis.APIOperation, headers: dict[str, str], mode: GenerationMode
+) -> None:
+    """Call ``operation`` with up to MAX_EXAMPLES generated cases; raises the failures."""
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,
+        database=None,
+    )
+    def call(case: schemathesis.Case) -> None:
+        case.call_and_validate(headers=headers, checks=CHECKS)
+
+    call()
+
+
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_every_answer_is_documented_and_none_is_a_server_error(
     fuzz_target: FuzzTarget, mode: GenerationMode
@@ -81,20 +100,8 @@ def test_every_answer_is_documented_and_none_is_a_server_error(
     for operation in _operations(fuzz_target.schema):
         internal = operation.path.startswith("/internal/")
         headers = SERVICE_HEADERS if internal else fuzz_target.admin_headers
-
-        @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(
-            max_examples=MAX_EXAMPLES,
-            deadline=None,
-            suppress_health_check=list(HealthCheck),
-            derandomize=True,
-            database=None,
-        )
-        def call(case: schemathesis.Case, headers: dict[str, str] = headers) -> None:
-            case.call_and_validate(headers=headers, checks=CHECKS)
-
         try:
-            call()
+            _fuzz(operation, headers, mode)
         except Unsatisfiable:
             assert mode is GenerationMode.NEGATIVE  # nothing to get wrong: no parameters
         except Exception as exc:  # every operation runs; all failures reported at once
