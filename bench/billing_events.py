@@ -1,17 +1,24 @@
-"""Idempotent billing events applied per second: PostgreSQL against SQLite, same run.
+"""Idempotent billing events applied per second on the sidecar's batch path, against a
+same-run ``pgbench -N`` on the same PostgreSQL server.
 
-``CLIENTS`` threads share one engine and each applies events through its own session, one
-transaction per event (as the sidecar's route does). The deliveries are ``--events``
-unique events plus 30 % duplicates of them (a duplicate may arrive before its original),
-spread over ``ORGANISATIONS`` organisations and shuffled with a fixed seed. Each database
-gets the same deliveries, in ``ROUNDS`` alternating slices; events/s is deliveries over
-the summed wall time of a database's slices. Each database is fresh: PostgreSQL gets a
-database of its own (dropped afterwards), SQLite a file in a temporary folder, both
-migrated. After the run the ledger is checked: one row per unique event, and every
-balance down by exactly its events' prices.
+``CLIENTS`` threads share one engine; each takes the next ``--batch`` deliveries (100, the
+worker outbox's batch) and applies them in one transaction with
+``billing.ledger.apply_event_batch``, as ``POST /internal/billing-events`` does. The
+deliveries are ``--events`` unique events plus 30 % duplicates of them (a duplicate may
+arrive before its original, or in a concurrent batch), spread over ``ORGANISATIONS``
+organisations and shuffled with a fixed seed. Rows: PostgreSQL and SQLite on the batch
+path, and PostgreSQL one event per transaction (the path before batches, for scale). Each
+row gets its own organisations and the same number of deliveries, in ``ROUNDS``
+alternating slices, so a neighbour's burst of CPU on this shared machine slows every row
+alike; ``pgbench -N`` (simple updates, ``CLIENTS`` clients) runs between the rounds, and
+its transactions/s is the baseline the ratio column divides by. After the run the
+ledger is checked: one row per unique event and every balance down by exactly its
+events' prices.
 
-Run from the repository root: ``python -m bench.billing_events [--events N]``. Prints
-Markdown. ``BENCH_POSTGRES_URL`` overrides the PostgreSQL maintenance database URL.
+Run from the repository root: ``python -m bench.billing_events [--events N] [--batch N]``.
+Prints Markdown, the headline on the last line. ``BENCH_POSTGRES_URL`` overrides the
+PostgreSQL maintenance database URL; ``pgbench`` must be on the PATH (Debian's
+postgresql-client).
 """
 
 from __future__ import annotations
@@ -20,32 +27,38 @@ import argparse
 import logging
 import os
 import random
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from sqlalchemy import Engine, func
-from sqlmodel import select
+from sqlmodel import Session, select
 
-from billing.ledger import apply_event, balance_minor
+from billing.ledger import apply_event, apply_event_batch, balance_minor
 from billing.pricing import EventDraft, price_minor
 from storage.db import make_engine, session_scope
 from storage.migrate import upgrade
-from storage.models import BillingEvent, Plan, UsageKind
+from storage.models import BillingEvent, Organisation, Plan, UsageKind
 from tests.billing_seed import seed_org
 from tests.services import create_postgres_database, drop_postgres_database
 
 CLIENTS = 8
 ORGANISATIONS = 16
 DUPLICATE_SHARE = 0.3
-DEFAULT_EVENTS = 2000
+DEFAULT_EVENTS = 6000
+DEFAULT_BATCH = 100
 ROUNDS = 4
+PGBENCH_SECONDS = 5
 START_BALANCE_MINOR = 10**9
 PRICES: dict[str, Any] = {
     "price_per_minute_minor": 100,
@@ -61,25 +74,30 @@ POSTGRES_ADMIN_URL = os.environ.get(
 
 @dataclass
 class Result:
-    database: str
-    deliveries: int
-    applied: int
-    wall_s: float
-    latencies_s: list[float]
+    name: str
+    batch: int
+    deliveries: int = 0
+    applied: int = 0
+    wall_s: float = 0.0
+    latencies_s: list[float] = field(default_factory=list)
+    """One per transaction (a batch, or one event)."""
 
     @property
     def per_second(self) -> float:
         return self.deliveries / self.wall_s
 
-    def add(self, other: Result) -> None:
-        self.deliveries += other.deliveries
-        self.applied += other.applied
-        self.wall_s += other.wall_s
-        self.latencies_s += other.latencies_s
-
     def percentile_ms(self, q: int) -> float:
-        """The ``q``-th percentile (1..99) of one apply's latency, milliseconds."""
+        """The ``q``-th percentile (1..99) of one transaction's latency, milliseconds."""
         return statistics.quantiles(self.latencies_s, n=100)[q - 1] * 1000
+
+
+@dataclass
+class Row:
+    """One configuration: a database, a batch size, its own organisations and workload."""
+
+    result: Result
+    engine: Engine
+    deliveries: list[EventDraft]
 
 
 def seed(engine: Engine) -> list[int]:
@@ -108,10 +126,23 @@ def workload(org_ids: Sequence[int], events: int, rng: random.Random) -> list[Ev
     return deliveries
 
 
-def run(database: str, engine: Engine, deliveries: list[EventDraft]) -> Result:
-    """Apply ``deliveries`` from ``CLIENTS`` threads; one transaction per delivery."""
+def _apply_batch(engine: Engine, batch: list[EventDraft]) -> int:
+    with session_scope(engine) as session:
+        return sum(o.created for o in apply_event_batch(session, batch))
+
+
+def _apply_one(engine: Engine, batch: list[EventDraft]) -> int:
+    (draft,) = batch
+    with session_scope(engine) as session:
+        return int(apply_event(session, draft)[1])
+
+
+def run(row: Row, part: list[EventDraft]) -> None:
+    """Apply ``part`` from ``CLIENTS`` threads, ``row.result.batch`` per transaction."""
+    size = row.result.batch
+    apply: Callable[[Engine, list[EventDraft]], int] = _apply_batch if size > 1 else _apply_one
+    batches = iter([part[i : i + size] for i in range(0, len(part), size)])
     lock = threading.Lock()
-    queue = iter(deliveries)
     latencies: list[list[float]] = [[] for _ in range(CLIENTS)]
     applied = [0] * CLIENTS
     errors: list[BaseException] = []
@@ -120,12 +151,11 @@ def run(database: str, engine: Engine, deliveries: list[EventDraft]) -> Result:
         try:
             while True:
                 with lock:
-                    draft = next(queue, None)
-                if draft is None:
+                    batch = next(batches, None)
+                if batch is None:
                     return
                 started = time.perf_counter()
-                with session_scope(engine) as session:
-                    applied[i] += apply_event(session, draft)[1]
+                applied[i] += apply(row.engine, batch)
                 latencies[i].append(time.perf_counter() - started)
         except BaseException as exc:
             errors.append(exc)
@@ -139,87 +169,138 @@ def run(database: str, engine: Engine, deliveries: list[EventDraft]) -> Result:
     wall_s = time.perf_counter() - started
     if errors:
         raise errors[0]
-    return Result(
-        database,
-        len(deliveries),
-        sum(applied),
-        wall_s,
-        [s for per_client in latencies for s in per_client],
-    )
+    row.result.deliveries += len(part)
+    row.result.applied += sum(applied)
+    row.result.wall_s += wall_s
+    row.result.latencies_s += [s for per_client in latencies for s in per_client]
 
 
-def check(engine: Engine, deliveries: list[EventDraft]) -> None:
+def check(row: Row) -> None:
     """The ledger holds each unique event once and every balance is exact."""
-    unique = {d.idempotency_key: d for d in deliveries}
-    with session_scope(engine) as session:
-        plan = session.exec(select(Plan)).first()
-        assert plan is not None
-        events = session.exec(select(func.count()).select_from(BillingEvent)).one()
-        assert events == len(unique), f"{events} events for {len(unique)} keys"
+    unique = {d.idempotency_key: d for d in row.deliveries}
+    orgs = {d.organisation_id for d in unique.values()}
+    with Session(row.engine) as session:
+        events = session.exec(
+            select(func.count())
+            .select_from(BillingEvent)
+            .where(BillingEvent.organisation_id.in_(orgs))  # type: ignore[attr-defined]
+        ).one()
+        assert events == len(unique), f"{row.result.name}: {events} events for {len(unique)} keys"
+        assert row.result.applied == len(unique), f"{row.result.name}: applied count is off"
         charged: dict[int, int] = {}
         for d in unique.values():
+            org = session.get(Organisation, d.organisation_id)
+            assert org is not None
+            plan = session.get(Plan, org.plan_id)
+            assert plan is not None
             charged[d.organisation_id] = charged.get(d.organisation_id, 0) + price_minor(
                 plan, d.kind, d.quantity
             )
-        for org, amount in charged.items():
-            balance, _ = balance_minor(session, org)
-            assert balance == START_BALANCE_MINOR - amount, f"organisation {org} is off"
+        for org_id, amount in charged.items():
+            balance, _ = balance_minor(session, org_id)
+            assert balance == START_BALANCE_MINOR - amount, f"organisation {org_id} is off"
 
 
-def bench(urls: dict[str, str], events: int) -> list[Result]:
-    """Run the same workload on each database, in ``ROUNDS`` alternating slices so that a
-    neighbour's burst of CPU on this shared machine slows every database alike."""
+def pgbench_tps(database_url: str) -> float:
+    """Transactions/s of ``pgbench -N`` with ``CLIENTS`` clients on ``database_url``'s
+    server (in a database of its own, initialised and dropped here)."""
+    binary = shutil.which("pgbench")
+    if binary is None:
+        raise SystemExit("pgbench is not on the PATH (Debian: apt install postgresql-client)")
+    admin = urlparse(database_url.replace("postgresql+psycopg://", "postgresql://"))
+    url, name = create_postgres_database(POSTGRES_ADMIN_URL)
+    try:
+        target = [
+            "-h", admin.hostname or "127.0.0.1", "-p", str(admin.port or 5432),
+            "-U", admin.username or "postgres", name,
+        ]  # fmt: skip
+        subprocess.run([binary, "-i", "-q", *target], check=True, capture_output=True)
+        out = subprocess.run(
+            [binary, "-N", "-n", "-c", str(CLIENTS), "-j", "2", "-T", str(PGBENCH_SECONDS),
+             *target],
+            check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+    finally:
+        drop_postgres_database(POSTGRES_ADMIN_URL, name)
+    match = re.search(r"tps = ([0-9.]+)", out)
+    if match is None:
+        raise RuntimeError(f"no tps in pgbench's output: {out}")
+    return float(match.group(1))
+
+
+def bench(urls: dict[str, str], events: int, batch: int) -> tuple[list[Result], list[float]]:
     engines = {name: make_engine(url) for name, url in urls.items()}
     try:
-        workloads = {}
-        for name, url in urls.items():
+        for url in urls.values():
             upgrade(url)
-            workloads[name] = workload(seed(engines[name]), events, random.Random(20261122))
-        results = {name: Result(name, 0, 0, 0.0, []) for name in urls}
+        configs = [
+            (f"PostgreSQL, {batch} per transaction", "PostgreSQL", batch),
+            ("PostgreSQL, 1 per transaction", "PostgreSQL", 1),
+            (f"SQLite, {batch} per transaction", "SQLite", batch),
+        ]
+        rows = []
+        for i, (name, database, size) in enumerate(configs):
+            engine = engines[database]
+            deliveries = workload(seed(engine), events, random.Random(20261201 + i))
+            rows.append(Row(Result(name, size), engine, deliveries))
+        pgbench: list[float] = []
         for round_ in range(ROUNDS):
-            for name, deliveries in workloads.items():
-                part = deliveries[round_::ROUNDS]
-                results[name].add(run(name, engines[name], part))
-        for name, deliveries in workloads.items():
-            check(engines[name], deliveries)
-        return list(results.values())
+            for row in rows:
+                run(row, row.deliveries[round_::ROUNDS])
+            if round_ % 2 == 0:
+                pgbench.append(pgbench_tps(urls["PostgreSQL"]))
+        for row in rows:
+            check(row)
+        return [row.result for row in rows], pgbench
     finally:
         for engine in engines.values():
             engine.dispose()
 
 
-def table(results: list[Result]) -> str:
-    baseline = next(r for r in results if r.database == "SQLite")
+def table(results: list[Result], pgbench: list[float]) -> str:
+    baseline = statistics.median(pgbench)
     lines = [
         f"Idempotent billing events, {CLIENTS} concurrent clients, "
-        f"{round(DUPLICATE_SHARE * 100)} % duplicates, {ORGANISATIONS} organisations, "
-        "one transaction per event",
+        f"{round(DUPLICATE_SHARE * 100)} % duplicates, {ORGANISATIONS} organisations; "
+        f"baseline `pgbench -N -c {CLIENTS}` on the same server, same run: "
+        f"{baseline:.0f} transactions/s (median of {len(pgbench)})",
         "",
-        "| database | deliveries | applied | events/s | x SQLite | P50 ms | P99 ms |",
+        "| path | deliveries | applied | events/s | x pgbench -N | P50 ms | P99 ms |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
-            f"| {r.database} | {r.deliveries} | {r.applied} | {r.per_second:.0f} "
-            f"| {r.per_second / baseline.per_second:.2f} "
+            f"| {r.name} | {r.deliveries} | {r.applied} | {r.per_second:.0f} "
+            f"| {r.per_second / baseline:.2f} "
             f"| {r.percentile_ms(50):.2f} | {r.percentile_ms(99):.2f} |"
         )
+    head = results[0]
+    lines += [
+        "",
+        f"Batch path on PostgreSQL: {head.per_second:.0f} events/s with {CLIENTS} clients, "
+        f"{head.per_second / baseline:.2f} x pgbench -N",
+    ]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--events", type=int, default=DEFAULT_EVENTS, help="unique events")
+    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="events per batch")
     args = parser.parse_args(argv)
+    if args.events < 1 or args.batch < 2:
+        parser.error("--events must be at least 1 and --batch at least 2")
     logging.basicConfig(level=logging.WARNING)
     url, name = create_postgres_database(POSTGRES_ADMIN_URL)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-billing-") as folder:
             sqlite_url = f"sqlite:///{Path(folder) / 'billing.db'}"
-            results = bench({"PostgreSQL": url, "SQLite": sqlite_url}, args.events)
+            results, pgbench = bench(
+                {"PostgreSQL": url, "SQLite": sqlite_url}, args.events, args.batch
+            )
     finally:
         drop_postgres_database(POSTGRES_ADMIN_URL, name)
-    print(table(results))
+    print(table(results, pgbench))
     return 0
 
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, insert, update
+from sqlalchemy import bindparam, func, insert, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col, select
@@ -131,40 +131,36 @@ def apply_event_batch(
     ``audit_log`` row (and a ``calls`` row for an unknown call). A draft whose key was
     applied before changes nothing, whatever else it says (a differing one is logged).
 
-    Set-based, so a batch costs a dozen statements per organisation, not per event: the
-    known keys in one query, then per organisation (in id order, so concurrent batches
-    cannot deadlock) its row locked, the keys looked up again under the lock, the calls
-    checked and the rows inserted in bulk inside a SAVEPOINT, and the balance moved once.
-    Raises :class:`LedgerError` only for an invalid ``actor`` (the caller's own bug).
+    Set-based, so a batch costs about ten statements, however many events and
+    organisations it holds: the known keys in one query, then the batch's organisations
+    locked in one (in id order, so concurrent batches cannot deadlock), the keys looked up
+    again under the locks, the calls checked, the rows inserted in bulk inside a
+    SAVEPOINT, and each balance moved once. Raises :class:`LedgerError` only for an
+    invalid ``actor`` (the caller's own bug).
     """
     _check_length("actor", actor, _MAX_ACTOR_CHARS, reason=REJECTED_INVALID)
     outcomes: list[EventOutcome | None] = [None] * len(drafts)
     first_of_key: dict[str, int] = {}
-    by_organisation: dict[int, list[int]] = {}
     for i, draft in enumerate(drafts):
         try:
             _check_event(draft)
         except LedgerError as exc:
             outcomes[i] = EventOutcome(None, False, exc)
             continue
-        if draft.idempotency_key in first_of_key:
-            continue  # filled in from the first at the end
-        first_of_key[draft.idempotency_key] = i
-        by_organisation.setdefault(draft.organisation_id, []).append(i)
+        first_of_key.setdefault(draft.idempotency_key, i)
 
     known = _events_by_keys(session, list(first_of_key))
-    for organisation_id in sorted(by_organisation):
-        indexes = [
-            i for i in by_organisation[organisation_id] if drafts[i].idempotency_key not in known
-        ]
-        for i in by_organisation[organisation_id]:
-            stored = known.get(drafts[i].idempotency_key)
-            if stored is not None:
-                outcomes[i] = EventOutcome(_duplicate_event(stored, drafts[i]), False)
-        if indexes:
-            applied = _apply_for_organisation(session, [drafts[i] for i in indexes], actor)
-            for i, outcome in zip(indexes, applied, strict=True):
-                outcomes[i] = outcome
+    pending: list[int] = []
+    for key, i in first_of_key.items():
+        stored = known.get(key)
+        if stored is not None:
+            outcomes[i] = EventOutcome(_duplicate_event(stored, drafts[i]), False)
+        else:
+            pending.append(i)
+    if pending:
+        applied = _apply_unknown(session, [drafts[i] for i in pending], actor)
+        for i, outcome in zip(pending, applied, strict=True):
+            outcomes[i] = outcome
 
     for i, draft in enumerate(drafts):
         if outcomes[i] is None:  # a key repeated in the batch: the first one's result
@@ -201,55 +197,53 @@ def apply_events(
     return results
 
 
-def _apply_for_organisation(
-    session: Session, drafts: list[EventDraft], actor: str
-) -> list[EventOutcome]:
-    """Apply one organisation's drafts (unique keys, none known a moment ago)."""
-    organisation_id = drafts[0].organisation_id
+def _apply_unknown(session: Session, drafts: list[EventDraft], actor: str) -> list[EventOutcome]:
+    """Apply drafts with unique keys that were not known a moment ago."""
     for _ in range(_ATTEMPTS):
-        locked = _lock_organisation(session, organisation_id)
-        if locked is None:
-            error = LedgerError(
-                f"unknown organisation {organisation_id}",
-                reason=REJECTED_UNKNOWN_ORGANISATION,
-                permanent=True,
-            )
-            return [EventOutcome(None, False, error)] * len(drafts)
-        org, plan = locked
-        outcomes = _price_under_lock(session, org, plan, drafts)
-        accepted = [
-            (draft, outcome.event)
-            for draft, outcome in zip(drafts, outcomes, strict=True)
-            if outcome.created and outcome.event is not None
-        ]
-        if not accepted or _insert_events(session, organisation_id, accepted):
+        organisations = _lock_organisations(session, {d.organisation_id for d in drafts})
+        outcomes = _price_under_lock(session, organisations, drafts)
+        accepted = [o.event for o in outcomes if o.created and o.event is not None]
+        if not accepted or _insert_events(session, accepted):
             break
         # lost a race to another organisation's transaction: look again
     else:
         raise LedgerError(
-            f"billing events of organisation {organisation_id} kept losing races",
+            "billing events kept losing races to concurrent batches",
             reason=REJECTED_INVALID,
             permanent=False,
         )
     if accepted:
-        final = accepted[-1][1].balance_after_minor
-        delta = final - org.balance_minor
-        _write_usage_and_audit(session, accepted, org.currency, actor)
-        moved_to = _add_to_balance(session, organisation_id, delta)
-        assert moved_to == final, "the balance moved while its organisation was locked"
+        _write_usage_and_audit(session, accepted, actor)
+        deltas: dict[int, int] = {}
+        for event in accepted:
+            deltas[event.organisation_id] = (
+                deltas.get(event.organisation_id, 0) - event.amount_minor
+            )
+        _add_to_balances(session, deltas)
+        for event in accepted:
+            log.info(
+                "billing event applied",
+                extra={
+                    "idempotency_key": event.idempotency_key,
+                    "organisation_id": event.organisation_id,
+                    "amount_minor": event.amount_minor,
+                    "balance_after_minor": event.balance_after_minor,
+                },
+            )
     return outcomes
 
 
 def _price_under_lock(
-    session: Session, org: Organisation, plan: Plan, drafts: list[EventDraft]
+    session: Session,
+    organisations: dict[int, tuple[Organisation, Plan]],
+    drafts: list[EventDraft],
 ) -> list[EventOutcome]:
     """Each draft's outcome if it were inserted now: duplicates (looked up again under the
-    lock), refusals, and for the rest a priced, unsaved event (``created``) carrying its
-    running ``balance_after_minor``."""
-    assert org.id is not None
+    locks), refusals, and for the rest a priced, unsaved event (``created``) carrying its
+    organisation's running ``balance_after_minor``."""
     stored = _events_by_keys(session, [d.idempotency_key for d in drafts])
     owners = _call_owners(session, {d.call_id for d in drafts})
-    balance = org.balance_minor
+    balances = {org_id: org.balance_minor for org_id, (org, _) in organisations.items()}
     now = datetime.now(UTC)
     outcomes: list[EventOutcome] = []
     for draft in drafts:
@@ -258,21 +252,22 @@ def _price_under_lock(
             outcomes.append(EventOutcome(_duplicate_event(existing, draft), False))
             continue
         try:
+            org, plan = _organisation_of(organisations, draft.organisation_id)
             amount_minor = _price(org, plan, draft)
-            if owners.get(draft.call_id, org.id) != org.id:
+            if owners.get(draft.call_id, draft.organisation_id) != draft.organisation_id:
                 raise LedgerError(
                     f"call {draft.call_id!r} belongs to another organisation",
                     reason=REJECTED_FOREIGN_CALL,
                     permanent=True,
                 )
-            balance_after = _bounded_balance(balance - amount_minor)
+            balance_after = _bounded_balance(balances[draft.organisation_id] - amount_minor)
         except LedgerError as exc:
             outcomes.append(EventOutcome(None, False, exc))
             continue
-        balance = balance_after
+        balances[draft.organisation_id] = balance_after
         event = BillingEvent(
             idempotency_key=draft.idempotency_key,
-            organisation_id=org.id,
+            organisation_id=draft.organisation_id,
             call_id=draft.call_id,
             kind=UsageKind(draft.kind),
             quantity=draft.quantity,
@@ -283,6 +278,19 @@ def _price_under_lock(
         )
         outcomes.append(EventOutcome(event, True))
     return outcomes
+
+
+def _organisation_of(
+    organisations: dict[int, tuple[Organisation, Plan]], organisation_id: int
+) -> tuple[Organisation, Plan]:
+    found = organisations.get(organisation_id)
+    if found is None:
+        raise LedgerError(
+            f"unknown organisation {organisation_id}",
+            reason=REJECTED_UNKNOWN_ORGANISATION,
+            permanent=True,
+        )
+    return found
 
 
 def _price(org: Organisation, plan: Plan, draft: EventDraft) -> int:
@@ -319,35 +327,32 @@ def _bounded_balance(balance_minor: int) -> int:
     return balance_minor
 
 
-def _insert_events(
-    session: Session, organisation_id: int, accepted: list[tuple[EventDraft, BillingEvent]]
-) -> bool:
-    """Insert the unknown calls and the events in one SAVEPOINT; False, with it rolled
-    back, if another transaction took one of the keys or call ids meanwhile."""
-    events = [event for _, event in accepted]
-    call_ids = {event.call_id for event in events}
+def _insert_events(session: Session, events: list[BillingEvent]) -> bool:
+    """Insert the unknown calls and the events in one SAVEPOINT, each in one bulk
+    statement; False, with it rolled back, if another transaction took one of the keys or
+    call ids meanwhile."""
+    calls = {event.call_id: event.organisation_id for event in events}
     with session.begin_nested() as savepoint:
+        # asked for inside the block: that is what emits the SAVEPOINT (lazily); a
+        # connection taken before would run these statements outside it
+        connection = session.connection()
         now = datetime.now(UTC)
-        session.execute(
-            _insert_ignoring_conflicts(session, Call).values(
-                [
-                    {
-                        "id": call_id,
-                        "organisation_id": organisation_id,
-                        "status": CALL_STATUS_BILLED,
-                        "started_at": now,
-                    }
-                    for call_id in sorted(call_ids)
-                ]
-            )
-        )
-        owners = _call_owners(session, call_ids)
+        connection.execute(
+            _insert_ignoring_conflicts(session, Call),
+            [
+                {"id": call_id, "organisation_id": org_id, "status": CALL_STATUS_BILLED,
+                 "started_at": now}
+                for call_id, org_id in sorted(calls.items())
+            ],
+        )  # fmt: skip
+        owners = _call_owners(session, set(calls))
         inserted: dict[str, int] = {}
-        if all(owner == organisation_id for owner in owners.values()):
-            rows = session.execute(
-                _insert_ignoring_conflicts(session, BillingEvent)
-                .values([_event_values(event) for event in events])
-                .returning(col(BillingEvent.idempotency_key), col(BillingEvent.id))
+        if all(owners.get(call_id) == org_id for call_id, org_id in calls.items()):
+            rows = connection.execute(
+                _insert_ignoring_conflicts(session, BillingEvent).returning(
+                    col(BillingEvent.idempotency_key), col(BillingEvent.id)
+                ),
+                [_event_values(event) for event in events],
             ).all()
             inserted = {key: event_id for key, event_id in rows}
         if len(inserted) != len(events):
@@ -362,53 +367,40 @@ def _event_values(event: BillingEvent) -> dict[str, Any]:
     return {name: getattr(event, name) for name in BillingEvent.model_fields if name != "id"}
 
 
-def _write_usage_and_audit(
-    session: Session, accepted: list[tuple[EventDraft, BillingEvent]], currency: str, actor: str
-) -> None:
-    session.execute(
-        insert(UsageRecord).values(
-            [
-                {
-                    "organisation_id": event.organisation_id,
-                    "call_id": event.call_id,
-                    "kind": event.kind,
-                    "quantity": event.quantity,
-                    "recorded_at": event.created_at,
-                }
-                for _, event in accepted
-            ]
-        )
-    )
-    session.execute(
-        insert(AuditLog).values(
-            [
-                audit_values(
-                    organisation_id=event.organisation_id,
-                    actor=actor,
-                    action="billing_event.applied",
-                    subject=event.idempotency_key,
-                    detail={
-                        "kind": UsageKind(event.kind).value,
-                        "quantity": event.quantity,
-                        "amount_minor": event.amount_minor,
-                        "currency": currency,
-                        "balance_after_minor": event.balance_after_minor,
-                    },
-                )
-                for _, event in accepted
-            ]
-        )
-    )
-    for _, event in accepted:
-        log.info(
-            "billing event applied",
-            extra={
-                "idempotency_key": event.idempotency_key,
+def _write_usage_and_audit(session: Session, events: list[BillingEvent], actor: str) -> None:
+    connection = session.connection()
+    connection.execute(
+        insert(UsageRecord),
+        [
+            {
                 "organisation_id": event.organisation_id,
-                "amount_minor": event.amount_minor,
-                "balance_after_minor": event.balance_after_minor,
-            },
-        )
+                "call_id": event.call_id,
+                "kind": event.kind,
+                "quantity": event.quantity,
+                "recorded_at": event.created_at,
+            }
+            for event in events
+        ],
+    )
+    connection.execute(
+        insert(AuditLog),
+        [
+            audit_values(
+                organisation_id=event.organisation_id,
+                actor=actor,
+                action="billing_event.applied",
+                subject=event.idempotency_key,
+                detail={
+                    "kind": UsageKind(event.kind).value,
+                    "quantity": event.quantity,
+                    "amount_minor": event.amount_minor,
+                    "currency": event.currency,
+                    "balance_after_minor": event.balance_after_minor,
+                },
+            )
+            for event in events
+        ],
+    )
 
 
 def apply_payment(session: Session, notice: PaymentNotice, *, actor: str) -> tuple[Payment, bool]:
@@ -591,17 +583,28 @@ def _check_length(what: str, value: str, max_chars: int, *, reason: str) -> None
 
 
 def _lock_organisation(session: Session, organisation_id: int) -> tuple[Organisation, Plan] | None:
-    """The organisation, locked until the transaction ends, and its plan (not locked:
-    organisations on one plan must not queue on each other); None if it does not exist."""
-    row = session.exec(
+    """The organisation, locked until the transaction ends, and its plan; None if it does
+    not exist."""
+    return _lock_organisations(session, {organisation_id}).get(organisation_id)
+
+
+def _lock_organisations(
+    session: Session, organisation_ids: set[int]
+) -> dict[int, tuple[Organisation, Plan]]:
+    """The organisations that exist among ``organisation_ids``, locked until the
+    transaction ends in id order (so two transactions never wait on each other in
+    opposite orders), each with its plan (not locked: organisations on one plan must not
+    queue on each other)."""
+    rows = session.exec(
         select(Organisation, Plan)
         .join(Plan, col(Plan.id) == Organisation.plan_id)
-        .where(Organisation.id == organisation_id)
+        .where(col(Organisation.id).in_(sorted(organisation_ids)))
+        .order_by(col(Organisation.id))
         # rendered on PostgreSQL; on SQLite the transaction holds the database lock already
         .with_for_update(of=Organisation)
         .execution_options(populate_existing=True)
-    ).first()
-    return None if row is None else (row[0], row[1])
+    ).all()
+    return {org.id: (org, plan) for org, plan in rows if org.id is not None}
 
 
 def _insert_once(session: Session, row: Payment) -> bool:
@@ -637,6 +640,21 @@ def _add_to_balance(session: Session, organisation_id: int, delta_minor: int) ->
         .execution_options(synchronize_session="fetch")
     )
     return int(session.exec(statement).scalar_one())
+
+
+def _add_to_balances(session: Session, deltas: dict[int, int]) -> None:
+    """Move each organisation's balance by its delta, in one executemany statement; the
+    callers hold the organisations' locks and have checked the bounds."""
+    table = Organisation.__table__  # type: ignore[attr-defined]
+    session.connection().execute(
+        table.update()
+        .where(table.c.id == bindparam("organisation_id"))
+        .values(balance_minor=table.c.balance_minor + bindparam("delta_minor")),
+        [
+            {"organisation_id": org_id, "delta_minor": delta}
+            for org_id, delta in sorted(deltas.items())
+        ],
+    )
 
 
 def _call_owners(session: Session, call_ids: set[str]) -> dict[str, int]:
