@@ -143,6 +143,20 @@ def test_requests_beyond_the_per_ip_limit_get_429_with_retry_after(
     assert refused.headers["X-Content-Type-Options"] == "nosniff"
 
 
+def test_the_payment_webhook_has_a_budget_of_its_own(shared_sidecar: SidecarApi) -> None:
+    # an unconfigured provider answers 404 without touching the database: the cheapest way
+    # to spend the webhook's budget
+    webhook = "/v1/payments/webhook/nopay"
+    with _app_client(shared_sidecar, rate_limit_per_ip=2, rate_limit_webhook_per_ip=3) as client:
+        api = [client.get("/health").status_code for _ in range(3)]
+        hooks = [client.post(webhook, content=b"{}").status_code for _ in range(4)]
+    assert api == [200, 200, 429]  # the IP's budget is spent...
+    assert hooks == [404, 404, 404, 429]  # ...and the webhook's is counted apart
+    documented = shared_sidecar.client.get("/openapi.json").json()["paths"]
+    assert "429" in documented["/v1/payments/webhook/{provider}"]["post"]["responses"]
+    assert "429" in documented["/health"]["get"]["responses"]
+
+
 async def test_the_per_ip_limit_counts_each_address_apart(shared_sidecar: SidecarApi) -> None:
     app = create_app(
         replace(shared_sidecar.config, rate_limit_per_ip=2), engine=shared_sidecar.engine

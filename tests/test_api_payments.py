@@ -237,6 +237,25 @@ def test_an_oversized_streamed_body_is_refused_without_a_content_length(
     assert shared_sidecar.seed.count(Payment, organisation_id=org) == 0
 
 
+def test_payments_beyond_32_bits_are_credited_and_read_back_exactly(
+    shared_sidecar: SidecarApi,
+) -> None:
+    seed = shared_sidecar.seed
+    org = seed.organisation()
+    admin = seed.member(org, Role.admin)
+    for i, amount in enumerate((2**31, 10**12, 10**12)):
+        body = notice(org, f"pay_big_{i}", amount_minor=amount)
+        response = shared_sidecar.client.post(URL, content=body, headers=signed(body))
+        assert response.status_code == 200, response.text
+    balance = shared_sidecar.client.get("/v1/balance", headers=admin.headers).json()
+    assert balance["balance_minor"] == 2**31 + 2 * 10**12
+    too_much = notice(org, "pay_too_much", amount_minor=10**12 + 1)
+    assert (
+        shared_sidecar.client.post(URL, content=too_much, headers=signed(too_much)).status_code
+        == 422
+    )
+
+
 def test_a_captured_delivery_sent_to_other_provider_urls_is_never_credited_again(
     shared_sidecar: SidecarApi,
 ) -> None:
