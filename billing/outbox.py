@@ -1,9 +1,10 @@
 """The worker's billing outbox: usage events are written to a local SQLite file first and
 delivered to the sidecar afterwards, so a sidecar or database outage loses nothing.
 
-Delivery is at least once: an event stays pending until the sidecar has answered 2xx for
-it, and the sidecar applies each ``idempotency_key`` once (``billing.ledger``), so a batch
-re-sent after a lost answer bills nothing twice. The file is shared by every process of a
+Delivery is at least once: an event stays pending until the sidecar has applied it (or
+had it already), and the sidecar applies each ``idempotency_key`` once (``billing.ledger``),
+so a batch re-sent after a lost answer bills nothing twice. An event the sidecar rejects
+for good is set aside in the file, never resent and never deleted, for an operator. The file is shared by every process of a
 worker (each LiveKit job runs in its own process and writes its own events; one sender
 thread delivers them): SQLite's file locks make that safe, and ``BEGIN IMMEDIATE`` keeps
 two writers from deadlocking.

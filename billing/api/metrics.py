@@ -91,7 +91,7 @@ class SidecarMetrics:
         )
         self.billing_events = Counter(
             "sidecar_billing_events",
-            "Billing events received from workers: applied, duplicate or refused.",
+            "Billing events received from workers: applied, duplicate or rejected.",
             ["outcome"],
             registry=registry,
         )
