@@ -1,11 +1,12 @@
-"""The sidecar's billing benchmarks in one run: idempotent billing events per second
-(PostgreSQL against SQLite, 8 concurrent clients; ``bench.billing_events``), then the
+"""The sidecar's billing benchmarks in one run: idempotent billing events per second on
+the batch path (8 concurrent clients, against a same-run ``pgbench -N``;
+``bench.billing_events``), then the
 admission decision's latency (Redis lease store against the in-process one;
 ``bench.billing_admission``). Each also runs alone with its own options.
 
 Run from the repository root: ``python -m bench.billing [--events N] [--samples N]
-[--redis-url URL]``. Needs PostgreSQL and Redis (the test set-up's defaults). Prints
-Markdown.
+[--redis-url URL]``. Needs PostgreSQL, ``pgbench`` and Redis (the test set-up's defaults).
+Prints Markdown.
 """
 
 from __future__ import annotations
