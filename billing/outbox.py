@@ -4,10 +4,11 @@ delivered to the sidecar afterwards, so a sidecar or database outage loses nothi
 Delivery is at least once: an event stays pending until the sidecar has applied it (or
 had it already), and the sidecar applies each ``idempotency_key`` once (``billing.ledger``),
 so a batch re-sent after a lost answer bills nothing twice. An event the sidecar rejects
-for good is set aside in the file, never resent and never deleted, for an operator. The file is shared by every process of a
-worker (each LiveKit job runs in its own process and writes its own events; one sender
-thread delivers them): SQLite's file locks make that safe, and ``BEGIN IMMEDIATE`` keeps
-two writers from deadlocking.
+for good is set aside in the file, never resent and never deleted, for an operator.
+
+The file is shared by every process of a worker (each LiveKit job runs in its own process
+and writes its own events; one sender thread delivers them): SQLite's file locks make that
+safe, and ``BEGIN IMMEDIATE`` keeps two writers from deadlocking.
 """
 
 from __future__ import annotations
