@@ -48,8 +48,8 @@ from billing.pricing import (
     MAX_BLOCK_PRICE_MINOR,
     MAX_CALL_ID_CHARS,
     EventDraft,
-    UsageLine,
     block_price_minor,
+    check_quantity,
     price_minor,
 )
 from billing.webhooks import PaymentNotice
@@ -566,7 +566,7 @@ def _check_event(draft: EventDraft) -> None:
             raise ValueError("organisation id must be an integer")
         if not 1 <= organisation_id <= ROW_ID_MAX:
             raise ValueError(f"organisation id must be 1..{ROW_ID_MAX}")
-        UsageLine(UsageKind(draft.kind), draft.quantity)
+        check_quantity(UsageKind(draft.kind), draft.quantity)
     except ValueError as exc:
         raise LedgerError(
             f"invalid billing event {draft.idempotency_key!r}: {exc}",

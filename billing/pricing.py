@@ -64,7 +64,8 @@ class UsageLine:
     quantity: int
 
     def __post_init__(self) -> None:
-        check_quantity(self.kind, self.quantity)
+        # any amount: a whole session's usage may pass one event's MAX_QUANTITY
+        _check_integer(self.quantity)
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,14 @@ def _ceil_units(seconds: float, units_per_second: int) -> int:
 
 
 def check_quantity(kind: UsageKind, quantity: int) -> None:
-    """Raise ValueError unless ``quantity`` is an integer in 0..``MAX_QUANTITY[kind]``."""
+    """Raise ValueError unless ``quantity`` is an integer in 0..``MAX_QUANTITY[kind]``, what
+    one billing event may carry."""
+    _check_integer(quantity)
     maximum = MAX_QUANTITY[kind]
-    if isinstance(quantity, bool) or not isinstance(quantity, int) or not 0 <= quantity <= maximum:
+    if quantity > maximum:
         raise ValueError(f"quantity of {kind} must be an integer in 0..{maximum}, got {quantity!r}")
+
+
+def _check_integer(quantity: int) -> None:
+    if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 0:
+        raise ValueError(f"quantity must be a non-negative integer, got {quantity!r}")
