@@ -141,12 +141,14 @@ def run_livekit(command: str, rest: list[str], settings: Settings) -> int:
 
     from livekit.agents import cli
 
+    from agent.logs import mask_livekit_logging
     from agent.worker import build_server, start_sidecar_link
 
     sys.argv = ["agent.py", command, *rest]
     stop_sidecar_link = start_sidecar_link(settings)
     try:
-        cli.run_app(build_server(settings))
+        with mask_livekit_logging(settings.log_format):
+            cli.run_app(build_server(settings))
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
@@ -226,7 +228,8 @@ def run_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from agent.simulate import SimulationOptions, simulate_call, write_agent_audio
     from agent.wav_io import CallerAudioError, load_caller_audio
 
-    configure_logging(settings.log_level if settings.log_level != "INFO" else "WARNING", "text")
+    level = settings.log_level if settings.log_level != "INFO" else "WARNING"
+    configure_logging(level, settings.log_format or "text")
     try:
         pcm = load_caller_audio(args.input)
     except CallerAudioError as exc:
@@ -295,7 +298,7 @@ def run_sidecar(args: argparse.Namespace, settings: Settings) -> int:
     from agent.logs import configure_logging
     from storage.migrate import upgrade
 
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format or "json")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     command = args.sidecar_command or "serve"
     config = sidecar_config(settings) if command == "serve" else None

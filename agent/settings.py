@@ -80,7 +80,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("data")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "text"] = "json"
+    log_format: Literal["json", "text"] | None = None
+    """None: the command's own (JSON for ``start`` and ``sidecar``, text for ``console``,
+    ``dev`` and ``simulate``)."""
 
     def resolved_stt(self) -> Literal["local", "deepgram"]:
         if self.stt_provider == "auto":

@@ -60,7 +60,11 @@ def prewarm(proc: JobProcess) -> None:
 
 async def entrypoint(ctx: JobContext) -> None:
     settings = Settings()
-    call_id_var.set(ctx.job.id or ctx.room.name)
+    call_id = ctx.job.id or ctx.room.name
+    call_id_var.set(call_id)
+    # on every record of this job process, livekit's own included (forwarded, then masked
+    # and formatted by the main process's handlers)
+    ctx.log_context_fields = {**ctx.log_context_fields, "call_id": call_id}
 
     @ctx.room.on("participant_connected")
     def _on_participant(participant: rtc.RemoteParticipant) -> None:
