@@ -24,7 +24,6 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from agent.settings import Settings
-from agent.wav_io import CALLER_SAMPLE_RATE_HZ
 
 LIVEKIT_COMMANDS = ("console", "dev", "start", "connect")
 
@@ -211,6 +210,9 @@ def check_audio_devices(*, text_mode: bool) -> None:
 
 
 def cut_recording(pcm: np.ndarray, start_s: float, end_s: float | None) -> np.ndarray:
+    # imported here: agent.wav_io imports livekit, which `agent.py sidecar` must not load
+    from agent.wav_io import CALLER_SAMPLE_RATE_HZ
+
     duration_s = len(pcm) / CALLER_SAMPLE_RATE_HZ
     end_s = duration_s if end_s is None else end_s
     if not (0 <= start_s < end_s <= duration_s + 1e-6):

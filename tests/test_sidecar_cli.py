@@ -98,6 +98,24 @@ def test_rate_limits_and_providers_come_from_the_settings(monkeypatch: pytest.Mo
     assert dict(config.payment_webhook_secrets) == {"acmepay": "webhook-secret-0123456789"}
 
 
+def test_sidecar_commands_load_no_livekit_code(tmp_path: Path):
+    import os
+
+    code = (
+        "import sys; from agent.cli import main; rc = main(['sidecar', 'migrate']); "
+        "loaded = sorted(m for m in sys.modules if m.startswith('livekit')); "
+        "print('livekit modules:', loaded); sys.exit(rc)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}
+    env |= {**sqlite_env(tmp_path), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "livekit modules: []" in proc.stdout
+
+
 def test_unreachable_database_is_one_line(tmp_path: Path):
     env = {"DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:9/none", **SECRETS}
     proc = run_cli("sidecar", "migrate", env=env, cwd=tmp_path)
