@@ -32,6 +32,15 @@ ORG_ATTR = "va.organisation_id"
 
 UNAVAILABLE_MESSAGE = "Sorry, we cannot take your call right now. Please try again later."
 LEASE_HEARTBEAT_INTERVAL_S = 10.0
+"""The first heartbeat's delay: a third of the sidecar's default lease TTL (30 s)."""
+MIN_HEARTBEAT_INTERVAL_S = 1.0
+
+
+def heartbeat_interval_s(ttl_s: float) -> float:
+    """Heartbeat three times per lease TTL, so two lost heartbeats in a row lose nothing."""
+    return max(MIN_HEARTBEAT_INTERVAL_S, ttl_s / 3)
+
+
 """How often a live call's lease is heart-beaten: well within the sidecar's TTL (30 s)."""
 
 
@@ -158,6 +167,8 @@ class LeaseKeeper:
         self._client = client
         self._identity = identity
         self.lease_id = lease_id
+        self.interval_s = LEASE_HEARTBEAT_INTERVAL_S
+        """Until the first heartbeat says the lease's TTL; then a third of it."""
         self._given_up = False
 
     async def tick(self) -> None:
@@ -166,7 +177,9 @@ class LeaseKeeper:
             return
         try:
             if self.lease_id is not None:
-                if await self._client.heartbeat(self.lease_id):
+                lease = await self._client.heartbeat(self.lease_id)
+                if lease is not None:
+                    self.interval_s = heartbeat_interval_s(lease.ttl_s)
                     return
                 log.warning("call lease lost; taking it again", extra={"lease_id": self.lease_id})
                 self.lease_id = None
@@ -188,10 +201,11 @@ class LeaseKeeper:
             self._given_up = True
             log.error("the sidecar will not count this call", extra={"reason": decision.reason})
 
-    async def run(self, interval_s: float = LEASE_HEARTBEAT_INTERVAL_S) -> None:
-        """Tick every ``interval_s`` until cancelled."""
+    async def run(self) -> None:
+        """Tick every :attr:`interval_s` (a third of the lease's TTL, as the sidecar last
+        said it) until cancelled."""
         while True:
-            await asyncio.sleep(interval_s)
+            await asyncio.sleep(self.interval_s)
             await self.tick()
 
     async def release(self) -> None:

@@ -1,25 +1,31 @@
-"""The worker's client for the billing sidecar's internal routes (admission leases)."""
+"""The worker's client for the billing sidecar's internal routes (admission leases),
+speaking the contract in ``billing.internal_api``."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from typing import TypeVar
 
 import httpx
+from pydantic import ValidationError
+
+from billing.internal_api import (
+    ADMISSIONS_PATH,
+    AdmissionIn,
+    AdmissionOut,
+    LeaseOut,
+    lease_heartbeat_path,
+    lease_path,
+)
 
 log = logging.getLogger("agent.sidecar_client")
 
+AdmissionDecision = AdmissionOut
+"""The sidecar's decision, as its route answers it."""
+
 
 class SidecarUnavailable(Exception):
-    """The sidecar did not answer, or answered with an unexpected status."""
-
-
-@dataclass(frozen=True)
-class AdmissionDecision:
-    admitted: bool
-    lease_id: str | None
-    reason: str | None
-    message: str
+    """The sidecar did not answer, or answered with an unexpected status or body."""
 
 
 class SidecarClient:
@@ -43,34 +49,29 @@ class SidecarClient:
     ) -> AdmissionDecision:
         """Ask for a call lease (``resume``: for a live call that lost it; never refused
         for a quota). Raises SidecarUnavailable when no decision came back."""
-        body = {
-            "call_id": call_id,
-            "organisation_id": organisation_id,
-            "agent_id": agent_id,
-            "dialled_number": dialled_number,
-            "resume": resume,
-        }
-        resp = await self._request("POST", "/internal/admissions", json=body)
+        body = AdmissionIn(
+            call_id=call_id,
+            organisation_id=organisation_id,
+            agent_id=agent_id,
+            dialled_number=dialled_number,
+            resume=resume,
+        )
+        resp = await self._request("POST", ADMISSIONS_PATH, json=body.model_dump())
         if resp.status_code not in (200, 409):
             raise SidecarUnavailable(f"admission answered {resp.status_code}: {resp.text[:200]}")
-        data = resp.json()
-        return AdmissionDecision(
-            admitted=bool(data.get("admitted")),
-            lease_id=data.get("lease_id"),
-            reason=data.get("reason"),
-            message=data.get("message") or "",
-        )
+        return _parse(AdmissionOut, resp)
 
-    async def heartbeat(self, lease_id: str) -> bool:
-        """Extend the lease; False when the sidecar no longer knows it (404). Raises
-        SidecarUnavailable for any other answer (e.g. 503 while its Redis is down)."""
-        resp = await self._request("POST", f"/internal/admissions/{lease_id}/heartbeat")
+    async def heartbeat(self, lease_id: str) -> LeaseOut | None:
+        """Extend the lease: its new time to live, or None when the sidecar no longer knows
+        it (404). Raises SidecarUnavailable for any other answer (e.g. 503 while its Redis
+        is down)."""
+        resp = await self._request("POST", lease_heartbeat_path(lease_id))
         if resp.status_code not in (200, 404):
             raise SidecarUnavailable(f"heartbeat answered {resp.status_code}: {resp.text[:200]}")
-        return resp.status_code == 200
+        return _parse(LeaseOut, resp) if resp.status_code == 200 else None
 
     async def release(self, lease_id: str) -> None:
-        await self._request("DELETE", f"/internal/admissions/{lease_id}")
+        await self._request("DELETE", lease_path(lease_id))
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -80,3 +81,13 @@ class SidecarClient:
             return await self._http.request(method, path, **kwargs)  # type: ignore[arg-type]
         except httpx.HTTPError as exc:
             raise SidecarUnavailable(f"{method} {path}: {exc!r}") from exc
+
+
+_Model = TypeVar("_Model", AdmissionOut, LeaseOut)
+
+
+def _parse(model: type[_Model], resp: httpx.Response) -> _Model:
+    try:
+        return model.model_validate_json(resp.content)
+    except ValidationError as exc:
+        raise SidecarUnavailable(f"unexpected answer {resp.text[:200]!r}") from exc

@@ -37,6 +37,7 @@ from agent.pipeline import build_session, build_stt, build_tts, load_vad
 from agent.settings import Settings
 from agent.sidecar_client import SidecarClient
 from agent.support_agent import GREETING, SupportAgent
+from billing.internal_api import WORKER_HEARTBEAT_PATH, WorkerHeartbeatIn
 from billing.outbox import Outbox, OutboxSender
 
 log = logging.getLogger("agent.worker")
@@ -176,7 +177,8 @@ def _announce_worker(sidecar_url: str, token: str, stop: threading.Event) -> Non
     ) as http:
         while not stop.is_set():
             try:
-                answer = http.post("/internal/workers/heartbeat", json={"worker_id": worker_id})
+                body = WorkerHeartbeatIn(worker_id=worker_id).model_dump()
+                answer = http.post(WORKER_HEARTBEAT_PATH, json=body)
                 answer.raise_for_status()
             except httpx.HTTPError as exc:
                 log.warning("worker heartbeat to the sidecar failed", extra={"error": str(exc)})

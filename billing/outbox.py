@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Literal
 
 import httpx
+from pydantic import ValidationError
 
+from billing.internal_api import BILLING_EVENTS_PATH, BillingEventResult, BillingEventsOut
 from billing.pricing import EventDraft
 from storage.models import UsageKind
 
@@ -34,7 +36,6 @@ BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 60.0
 DELIVERED_RETENTION_S = 7 * 24 * 3600.0
 """Delivered keys are kept this long so a late duplicate ``add`` is still ignored."""
-EVENTS_PATH = "/internal/billing-events"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -54,7 +55,7 @@ _ADDED_COLUMNS = {"rejected_at": "REAL", "rejection": "TEXT"}
 _PENDING = "delivered_at IS NULL AND rejected_at IS NULL"
 
 
-_Outcome = Literal["delivered", "retry", "refused"]
+_Outcome = Literal["retry", "refused"]
 
 
 def backoff_s(attempts: int) -> float:
@@ -232,7 +233,7 @@ class OutboxSender:
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
         self._outbox = outbox
-        self._url = sidecar_url.rstrip("/") + EVENTS_PATH
+        self._url = sidecar_url.rstrip("/") + BILLING_EVENTS_PATH
         self._headers = {"Authorization": f"Bearer {service_token}"}
         self._owns_http = http is None
         self._http = http if http is not None else httpx.Client(timeout=timeout_s)
@@ -284,25 +285,23 @@ class OutboxSender:
             self._outbox.mark_failed([draft.idempotency_key])
         return 0
 
-    def _settle(self, batch: Sequence[EventDraft], results: list[dict[str, object]]) -> int:
+    def _settle(self, batch: Sequence[EventDraft], results: list[BillingEventResult]) -> int:
         delivered: list[str] = []
         failed: list[str] = []
         for draft, result in zip(batch, results, strict=True):
             key = draft.idempotency_key
-            status = result.get("status")
-            if status in ("applied", "duplicate"):
+            if result.status in ("applied", "duplicate"):
                 delivered.append(key)
-            elif status == "rejected" and result.get("permanent") is True:
-                reason = f"{result.get('reason')}: {result.get('detail')}"
+            elif result.permanent:
                 log.error(
                     "sidecar rejected a billing event for good; set aside for an operator",
-                    extra={"idempotency_key": key, "reason": result.get("reason")},
+                    extra={"idempotency_key": key, "reason": result.reason},
                 )
-                self._outbox.mark_rejected(key, reason)
+                self._outbox.mark_rejected(key, f"{result.reason}: {result.detail}")
             else:
                 log.warning(
                     "sidecar could not apply a billing event yet; kept for retry",
-                    extra={"idempotency_key": key, "reason": result.get("reason")},
+                    extra={"idempotency_key": key, "reason": result.reason},
                 )
                 failed.append(key)
         if delivered:
@@ -311,10 +310,10 @@ class OutboxSender:
             self._outbox.mark_failed(failed)
         return len(delivered)
 
-    def _post(self, batch: Sequence[EventDraft]) -> _Outcome | list[dict[str, object]]:
+    def _post(self, batch: Sequence[EventDraft]) -> _Outcome | list[BillingEventResult]:
         """The per-event results of a processed batch, "retry" (the same batch may pass
         later) or "refused" (a 4xx about the batch's contents)."""
-        body = {"events": [_as_json(d) for d in batch]}
+        body = {"events": [_as_json(d) for d in batch]}  # BillingEventsIn
         try:
             response = self._http.post(self._url, json=body, headers=self._headers)
         except httpx.HTTPError as exc:
@@ -344,16 +343,12 @@ class OutboxSender:
         return "retry"
 
 
-def _results_of(response: httpx.Response, expected: int) -> list[dict[str, object]] | None:
+def _results_of(response: httpx.Response, expected: int) -> list[BillingEventResult] | None:
     try:
-        results = response.json().get("results")
-    except (ValueError, AttributeError):
+        results = BillingEventsOut.model_validate_json(response.content).results
+    except ValidationError:
         return None
-    if not isinstance(results, list) or len(results) != expected:
-        return None
-    if not all(isinstance(result, dict) for result in results):
-        return None
-    return results
+    return results if len(results) == expected else None
 
 
 def _as_json(draft: EventDraft) -> dict[str, object]:

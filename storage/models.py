@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
+from annotated_types import Ge, Le
 from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 ROW_ID_MAX = 2**31 - 1
 """Integer primary keys are 32-bit INTEGER columns on PostgreSQL: no id above this exists,
 so the API refuses larger ones as invalid (422) instead of asking the database."""
-INT64_MAX = 2**63 - 1
-"""Money and quantity columns are 64-bit (BIGINT) on every database."""
+RowId = Annotated[int, Ge(1), Le(ROW_ID_MAX)]
+"""Every id a client names (in a path, a query or a body): 1..2**31-1, the range of the
+id columns, so a larger one is a 422 at the API's edge and never reaches the database."""
 
 
 def utcnow() -> datetime:

@@ -128,11 +128,16 @@ class LoopbackSidecar:
                 key = event["idempotency_key"]
                 if key in self.refused_keys | self.not_yet_keys:
                     permanent = key in self.refused_keys
-                    results.append({"status": "rejected", "reason": "x", "permanent": permanent})
+                    results.append(
+                        {"idempotency_key": key, "status": "rejected", "reason": "x",
+                         "permanent": permanent}
+                    )  # fmt: skip
                     continue
                 new = key not in self.applied
                 self.applied.setdefault(key, event)
-                results.append({"status": "applied" if new else "duplicate"})
+                results.append(
+                    {"idempotency_key": key, "status": "applied" if new else "duplicate"}
+                )
             if self.apply_then_fail:
                 self.apply_then_fail -= 1
                 return 503, b""

@@ -194,3 +194,23 @@ async def test_a_sidecar_error_on_heartbeat_keeps_the_lease_for_the_next_try(
         await good.release(lease)
         await wrong.aclose()
         await good.aclose()
+
+
+async def test_the_lease_is_heart_beaten_three_times_per_ttl_the_sidecar_gives(
+    engine, database_url, tmp_path, one_call_org
+):
+    app = create_app(make_config(database_url, tmp_path / "rec", lease_ttl_s=6.0), engine=engine)
+    with serving(app) as url:
+        client = SidecarClient(url, SERVICE_TOKEN)
+        decision = await client.admit(
+            "call-ttl", organisation_id=one_call_org, agent_id=None, dialled_number=None
+        )
+        assert decision.admitted and decision.lease_id is not None
+        keeper = LeaseKeeper(
+            client, CallIdentity("call-ttl", one_call_org, None, None), decision.lease_id
+        )
+        assert keeper.interval_s == 10.0  # until the sidecar has said its TTL
+        await keeper.tick()
+        assert keeper.interval_s == 2.0
+        await keeper.release()
+        await client.aclose()

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from annotated_types import Ge, Le
 from fastapi import Depends, Query, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
@@ -181,11 +180,6 @@ def require_service_token(
 
 ServiceCaller = Depends(require_service_token)
 
-
-RowId = Annotated[int, Ge(1), Le(ROW_ID_MAX)]
-"""Every id a client names (in a path, a query or a body): 1..2**31-1, the range of the
-database's id columns, so a larger one is a 422 (or, for a path, simply not found) and
-never reaches the database."""
 
 # every list route pages the same way: newest or lowest id first, ``limit`` rows from ``offset``
 Limit = Annotated[int, Query(ge=1, le=500, description="Rows to return (1-500).")]

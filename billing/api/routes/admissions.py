@@ -10,14 +10,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 
 from billing.admission import AdmissionRequest
-from billing.api.deps import Resources, RowId, ServiceCaller
+from billing.api.deps import Resources, ServiceCaller
 from billing.api.errors import ErrorBody, NotFound
+from billing.internal_api import ADMISSIONS_PATH, AdmissionIn, AdmissionOut, LeaseOut
 
 router = APIRouter(
-    prefix="/internal/admissions",
+    prefix=ADMISSIONS_PATH,
     tags=["internal"],
     dependencies=[ServiceCaller],
     responses={401: {"model": ErrorBody}, 503: {"model": ErrorBody}},
@@ -32,31 +32,6 @@ LeaseId = Annotated[
         description="As the admission returned it: <organisation id>:<call id>.",
     ),
 ]
-
-
-class AdmissionIn(BaseModel):
-    call_id: str = Field(min_length=1, max_length=64)
-    agent_id: RowId | None = None
-    dialled_number: str | None = Field(default=None, max_length=32)
-    organisation_id: RowId | None = None
-    resume: bool = Field(
-        default=False,
-        description="The call is live but lost its lease (or never had one): take its "
-        "slots again, over the limits if need be. Never refused for a quota.",
-    )
-
-
-class AdmissionOut(BaseModel):
-    admitted: bool
-    lease_id: str | None
-    reason: str | None
-    message: str
-    """What to tell the caller when refused."""
-
-
-class LeaseOut(BaseModel):
-    lease_id: str
-    ttl_s: float
 
 
 @router.post(

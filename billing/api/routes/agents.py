@@ -25,7 +25,6 @@ from billing.api.deps import (
     Offset,
     Principal,
     Resources,
-    RowId,
 )
 from billing.api.errors import (
     COMMON_RESPONSES,
@@ -36,7 +35,7 @@ from billing.api.errors import (
     Forbidden,
     NotFound,
 )
-from storage.models import Agent, Call, Role, User
+from storage.models import Agent, Call, Role, RowId, User
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"], responses=COMMON_RESPONSES)
 

@@ -15,70 +15,33 @@ an event the schema refuses (a quantity above its kind's maximum, a missing fiel
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any, Literal
+from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field, SkipValidation, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from billing.api.deps import DbSession, Resources, RowId, ServiceCaller
+from billing.api.deps import DbSession, Resources, ServiceCaller
 from billing.api.errors import ErrorBody
 from billing.audit import SYSTEM_ACTOR
+from billing.internal_api import (
+    BILLING_EVENTS_PATH,
+    BillingEventIn,
+    BillingEventResult,
+    BillingEventsIn,
+    BillingEventsOut,
+)
 from billing.ledger import REJECTED_INVALID, EventOutcome, apply_event_batch
-from billing.pricing import MAX_CALL_ID_CHARS, MAX_QUANTITY, EventDraft
+from billing.pricing import EventDraft
 from storage.models import UsageKind
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(
-    prefix="/internal/billing-events",
+    prefix=BILLING_EVENTS_PATH,
     tags=["internal"],
     dependencies=[ServiceCaller],
     responses={401: {"model": ErrorBody}, 503: {"model": ErrorBody}},
 )
-
-MAX_EVENTS_PER_BATCH = 500
-_LARGEST_QUANTITY = max(MAX_QUANTITY.values())
-
-
-class BillingEventIn(BaseModel):
-    idempotency_key: str = Field(min_length=1, max_length=200)
-    organisation_id: RowId
-    call_id: str = Field(min_length=1, max_length=MAX_CALL_ID_CHARS)
-    kind: UsageKind
-    quantity: Annotated[
-        int,
-        Field(
-            ge=0,
-            le=_LARGEST_QUANTITY,
-            strict=True,
-            description="In the kind's unit, at most: "
-            + ", ".join(f"{kind.value} {limit}" for kind, limit in MAX_QUANTITY.items()),
-        ),
-    ]
-
-
-class BillingEventsIn(BaseModel):
-    # documented as BillingEventIn, validated one by one in the route (see the docstring)
-    events: list[SkipValidation[BillingEventIn]] = Field(max_length=MAX_EVENTS_PER_BATCH)
-
-
-class BillingEventResult(BaseModel):
-    idempotency_key: str | None
-    """None when the event had no valid key."""
-    status: Literal["applied", "duplicate", "rejected"]
-    reason: str | None = None
-    """Why it was rejected: a stable word (``invalid_event``, ``unknown_organisation``,
-    ``call_of_another_organisation``, ``amount_too_large``, ``plan_misconfigured``,
-    ``currency_mismatch``, ``balance_out_of_range``)."""
-    permanent: bool | None = None
-    """For a rejection: True when sending the event again can never succeed."""
-    detail: str | None = None
-
-
-class BillingEventsOut(BaseModel):
-    results: list[BillingEventResult]
-    """One per event sent, in the same order."""
-
 
 _EVENT = TypeAdapter(BillingEventIn)
 

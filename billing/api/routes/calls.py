@@ -10,9 +10,9 @@ from pydantic import BaseModel
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from billing.api.deps import AnyMember, DbSession, Limit, Offset, Principal, RowId
+from billing.api.deps import AnyMember, DbSession, Limit, Offset, Principal
 from billing.api.errors import COMMON_RESPONSES, NOT_FOUND, NotFound
-from storage.models import Agent, Call, Role
+from storage.models import Agent, Call, Role, RowId
 
 router = APIRouter(prefix="/v1/calls", tags=["calls"], responses=COMMON_RESPONSES)
 

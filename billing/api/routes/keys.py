@@ -11,10 +11,10 @@ from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
 from billing.api.audit_trail import audit
-from billing.api.deps import Admin, AnyMember, DbSession, Limit, Offset, Principal, RowId
+from billing.api.deps import Admin, AnyMember, DbSession, Limit, Offset, Principal
 from billing.api.errors import COMMON_RESPONSES, CONFLICT, NOT_FOUND, Conflict, NotFound
 from billing.keys import KeyRevokedError, issue_key, revoke_key, rotate_key
-from storage.models import ApiKey, User
+from storage.models import ApiKey, RowId, User
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=COMMON_RESPONSES)
 

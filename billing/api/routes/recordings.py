@@ -16,10 +16,10 @@ from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from billing.api.audit_trail import audit
-from billing.api.deps import AgentEditor, DbSession, Limit, Offset, Principal, Resources, RowId
+from billing.api.deps import AgentEditor, DbSession, Limit, Offset, Principal, Resources
 from billing.api.errors import COMMON_RESPONSES, NOT_FOUND, NotFound
 from billing.config import SidecarConfig
-from storage.models import Agent, Call, Recording, Role, utcnow
+from storage.models import Agent, Call, Recording, Role, RowId, utcnow
 
 logger = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, delete, select
 
 from billing.api.audit_trail import audit
-from billing.api.deps import Admin, DbSession, Limit, Offset, Principal, RowId
+from billing.api.deps import Admin, DbSession, Limit, Offset, Principal
 from billing.api.errors import COMMON_RESPONSES, CONFLICT, NOT_FOUND, Conflict, NotFound
-from storage.models import Agent, ApiKey, Role, User
+from storage.models import Agent, ApiKey, Role, RowId, User
 
 router = APIRouter(prefix="/v1/users", tags=["users"], responses=COMMON_RESPONSES)
 

@@ -1,0 +1,115 @@
+"""The workers' contract with the sidecar: the ``/internal`` paths and the request and
+response bodies, in one place. The sidecar's routes (``billing.api.routes``) serve exactly
+these models and the worker's clients (``agent.sidecar_client``, the outbox sender, the
+worker heartbeat) send and read them, so the two sides cannot drift apart.
+
+Every ``/internal`` request carries ``Authorization: Bearer <SIDECAR_SERVICE_TOKEN>``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, SkipValidation
+
+from billing.pricing import MAX_CALL_ID_CHARS, MAX_QUANTITY
+from storage.models import RowId, UsageKind
+
+ADMISSIONS_PATH = "/internal/admissions"
+BILLING_EVENTS_PATH = "/internal/billing-events"
+WORKER_HEARTBEAT_PATH = "/internal/workers/heartbeat"
+MAX_EVENTS_PER_BATCH = 500
+
+
+def lease_path(lease_id: str) -> str:
+    """Where a lease is released (``DELETE``)."""
+    return f"{ADMISSIONS_PATH}/{lease_id}"
+
+
+def lease_heartbeat_path(lease_id: str) -> str:
+    """Where a lease is kept alive (``POST``)."""
+    return f"{lease_path(lease_id)}/heartbeat"
+
+
+class AdmissionIn(BaseModel):
+    call_id: str = Field(min_length=1, max_length=64)
+    agent_id: RowId | None = None
+    dialled_number: str | None = Field(default=None, max_length=32)
+    organisation_id: RowId | None = None
+    resume: bool = Field(
+        default=False,
+        description="The call is live but lost its lease (or never had one): take its "
+        "slots again, over the limits if need be. Never refused for a quota.",
+    )
+
+
+class AdmissionOut(BaseModel):
+    """The decision (200 admitted, 409 refused)."""
+
+    admitted: bool
+    lease_id: str | None
+    """``<organisation id>:<call id>``: heartbeat and release exactly this."""
+    reason: str | None
+    message: str
+    """What to tell the caller when refused."""
+
+
+class LeaseOut(BaseModel):
+    lease_id: str
+    ttl_s: float
+    """The lease lives this long without a heartbeat: heartbeat well within it."""
+
+
+_LARGEST_QUANTITY = max(MAX_QUANTITY.values())
+
+
+class BillingEventIn(BaseModel):
+    idempotency_key: str = Field(min_length=1, max_length=200)
+    organisation_id: RowId
+    call_id: str = Field(min_length=1, max_length=MAX_CALL_ID_CHARS)
+    kind: UsageKind
+    quantity: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=_LARGEST_QUANTITY,
+            strict=True,
+            description="In the kind's unit, at most: "
+            + ", ".join(f"{kind.value} {limit}" for kind, limit in MAX_QUANTITY.items()),
+        ),
+    ]
+
+
+class BillingEventsIn(BaseModel):
+    # documented as BillingEventIn, validated one by one by the route, so one bad event is
+    # one rejected result and never a 422 for its whole batch
+    events: list[SkipValidation[BillingEventIn]] = Field(max_length=MAX_EVENTS_PER_BATCH)
+
+
+class BillingEventResult(BaseModel):
+    idempotency_key: str | None
+    """None when the event had no valid key."""
+    status: Literal["applied", "duplicate", "rejected"]
+    reason: str | None = None
+    """Why it was rejected: a stable word (``invalid_event``, ``unknown_organisation``,
+    ``call_of_another_organisation``, ``amount_too_large``, ``plan_misconfigured``,
+    ``currency_mismatch``, ``balance_out_of_range``)."""
+    permanent: bool | None = None
+    """For a rejection: True when sending the event again can never succeed."""
+    detail: str | None = None
+
+
+class BillingEventsOut(BaseModel):
+    results: list[BillingEventResult]
+    """One per event sent, in the same order."""
+
+
+class WorkerHeartbeatIn(BaseModel):
+    worker_id: str = Field(min_length=1, max_length=100)
+
+
+class WorkerHeartbeatOut(BaseModel):
+    live_workers: int
+    """Workers this sidecar process heard from recently, this one included."""
+    shared_leases: bool
+    """False without Redis: leases are per sidecar process."""
