@@ -29,6 +29,7 @@ LEASE_ATTR = "va.lease_id"
 REASON_ATTR = "va.refusal_reason"
 MESSAGE_ATTR = "va.refusal_message"
 ORG_ATTR = "va.organisation_id"
+AGENT_ATTR = "va.agent_id"
 
 UNAVAILABLE_MESSAGE = "Sorry, we cannot take your call right now. Please try again later."
 LEASE_HEARTBEAT_INTERVAL_S = 10.0
@@ -114,7 +115,15 @@ async def admission_attributes(
             MESSAGE_ATTR: UNAVAILABLE_MESSAGE,
         }
     if decision.admitted and decision.lease_id:
-        return {ADMISSION_ATTR: "admitted", LEASE_ATTR: decision.lease_id, **_org_attr(identity)}
+        # the sidecar's answer names the organisation and agent however the call found
+        # them (its agent, the dialled number): the call is metered and billed to them
+        billed = CallIdentity(
+            identity.call_id,
+            decision.organisation_id or identity.organisation_id,
+            decision.agent_id or identity.agent_id,
+            identity.dialled_number,
+        )
+        return {ADMISSION_ATTR: "admitted", LEASE_ATTR: decision.lease_id, **_org_attr(billed)}
     log.info(
         "call refused",
         extra={
@@ -130,7 +139,10 @@ async def admission_attributes(
 
 
 def _org_attr(identity: CallIdentity) -> dict[str, str]:
-    return {ORG_ATTR: str(identity.organisation_id)} if identity.organisation_id else {}
+    attributes = {ORG_ATTR: str(identity.organisation_id)} if identity.organisation_id else {}
+    if identity.agent_id:
+        attributes[AGENT_ATTR] = str(identity.agent_id)
+    return attributes
 
 
 def make_request_handler(

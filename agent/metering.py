@@ -65,6 +65,7 @@ class CallMeter:
         *,
         call_id: str,
         organisation_id: int,
+        agent_id: int | None = None,
         usage: Callable[[], AgentSessionUsage],
         started_at: float | None = None,
         interval_s: float = 60.0,
@@ -72,6 +73,7 @@ class CallMeter:
         self._outbox = outbox
         self._call_id = call_id
         self._org = organisation_id
+        self._agent_id = agent_id
         self._usage = usage
         self._started_at = started_at if started_at is not None else time.monotonic()
         self._interval_s = interval_s
@@ -100,7 +102,9 @@ class CallMeter:
                 delta.append(UsageLine(kind=line.kind, quantity=new))
         if not delta:
             return 0
-        drafts = usage_events(self._call_id, self._org, delta, self._sequence)
+        drafts = usage_events(
+            self._call_id, self._org, delta, self._sequence, agent_id=self._agent_id
+        )
         self._outbox.add(drafts)  # durable before we count it as emitted
         for line in delta:
             self._emitted[line.kind] = self._emitted.get(line.kind, 0) + line.quantity

@@ -23,6 +23,7 @@ from livekit.plugins import deepgram, elevenlabs, openai, silero  # noqa: F401
 
 from agent.admission import (
     ADMISSION_ATTR,
+    AGENT_ATTR,
     LEASE_ATTR,
     MESSAGE_ATTR,
     ORG_ATTR,
@@ -94,6 +95,7 @@ async def entrypoint(ctx: JobContext) -> None:
             Outbox(outbox_path(settings)),
             call_id=ctx.job.id,
             organisation_id=int(org),
+            agent_id=int(agent) if (agent := attributes.get(AGENT_ATTR)) else None,
             usage=lambda: session.usage,
         )
         meter.start()

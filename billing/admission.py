@@ -92,6 +92,11 @@ class Admission:
     lease_id: str | None
     reason: str | None
     message: str
+    organisation_id: int | None = None
+    """Admitted: the organisation the call is billed to, however it was found (its id,
+    its agent, the dialled number)."""
+    agent_id: int | None = None
+    """Admitted: the agent that answers it, when one was named or reached by number."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,7 @@ class _CallQuota:
     organisation_id: int
     max_concurrent_calls: int
     number_cap: int | None
+    agent_id: int | None
 
 
 class AdmissionController:
@@ -157,7 +163,7 @@ class AdmissionController:
         lease_id = lease_id_for(verdict.organisation_id, req.call_id)
         full_scope = self._leases.acquire(lease_id, scopes, self._lease_ttl_s)
         if full_scope is None:
-            return self._admitted(req, verdict.organisation_id)
+            return self._admitted(req, verdict)
         reason = CONCURRENT_CALLS_LIMIT if full_scope == scopes[0].key else NUMBER_CONCURRENCY_LIMIT
         return self._refuse(req, reason, verdict.organisation_id)
 
@@ -183,14 +189,16 @@ class AdmissionController:
         plan = session.get(Plan, organisation.plan_id)
         assert plan is not None  # organisations.plan_id is a foreign key
         number_cap = agent.max_concurrent_calls_per_number if agent is not None else None
+        agent_id = agent.id if agent is not None else None
+        quota = _CallQuota(organisation.id, plan.max_concurrent_calls, number_cap, agent_id)
         if req.resume:
-            return _CallQuota(organisation.id, plan.max_concurrent_calls, number_cap)
+            return quota
         period = f"{now.year:04d}-{now.month:02d}"
         if _call_seconds_in_month(session, organisation.id, now) >= plan.monthly_minutes * 60:
             return self._refuse_unless_live(
                 session,
                 req,
-                organisation.id,
+                quota,
                 MONTHLY_MINUTES_EXHAUSTED,
                 period,
                 f"{organisation.name} has used all {plan.monthly_minutes} call minutes of "
@@ -201,35 +209,38 @@ class AdmissionController:
             return self._refuse_unless_live(
                 session,
                 req,
-                organisation.id,
+                quota,
                 BALANCE_EXHAUSTED,
                 period,
                 f"The prepaid balance of {organisation.name} is used up. New calls are "
                 "refused until it is topped up; calls in progress continue.",
             )
-        return _CallQuota(organisation.id, plan.max_concurrent_calls, number_cap)
+        return quota
 
     def _refuse_unless_live(
         self,
         session: Session,
         req: AdmissionRequest,
-        organisation_id: int,
+        quota: _CallQuota,
         reason: str,
         period: str,
         admin_message: str,
     ) -> Admission:
         # only here, on the rare refusal path, is a live lease looked for: a retried
         # admission of a running call must not refuse it (nor notify about it)
+        organisation_id = quota.organisation_id
         if self._leases.heartbeat(lease_id_for(organisation_id, req.call_id), self._lease_ttl_s):
-            return self._admitted(req, organisation_id)
+            return self._admitted(req, quota)
         self._notifier.notify_admins_once(session, organisation_id, reason, period, admin_message)
         return self._refuse(req, reason, organisation_id)
 
-    def _admitted(self, req: AdmissionRequest, organisation_id: int) -> Admission:
+    def _admitted(self, req: AdmissionRequest, quota: _CallQuota) -> Admission:
+        organisation_id = quota.organisation_id
         logger.debug(
             "call admitted", extra={"call_id": req.call_id, "organisation_id": organisation_id}
         )
-        return Admission(True, lease_id_for(organisation_id, req.call_id), None, ADMITTED_MESSAGE)
+        lease_id = lease_id_for(organisation_id, req.call_id)
+        return Admission(True, lease_id, None, ADMITTED_MESSAGE, organisation_id, quota.agent_id)
 
     def _refuse(self, req: AdmissionRequest, reason: str, organisation_id: int | None) -> Admission:
         # no dialled number here: numbers are never logged unmasked

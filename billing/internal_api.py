@@ -52,6 +52,10 @@ class AdmissionOut(BaseModel):
     reason: str | None
     message: str
     """What to tell the caller when refused."""
+    organisation_id: int | None = None
+    """Admitted: the organisation billed for the call, however it was found."""
+    agent_id: int | None = None
+    """Admitted: the agent that answers it (named, or reached on the dialled number)."""
 
 
 class LeaseOut(BaseModel):
@@ -68,6 +72,11 @@ class BillingEventIn(BaseModel):
     organisation_id: RowId
     call_id: str = Field(min_length=1, max_length=MAX_CALL_ID_CHARS)
     kind: UsageKind
+    agent_id: RowId | None = Field(
+        default=None,
+        description="The agent that answered the call: recorded on the call when the "
+        "call is new to the sidecar and the agent is the organisation's.",
+    )
     quantity: Annotated[
         int,
         Field(

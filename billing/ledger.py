@@ -55,6 +55,7 @@ from billing.pricing import (
 from billing.webhooks import PaymentNotice
 from storage.models import (
     ROW_ID_MAX,
+    Agent,
     AuditLog,
     BillingEvent,
     Call,
@@ -203,7 +204,8 @@ def _apply_unknown(session: Session, drafts: list[EventDraft], actor: str) -> li
         organisations = _lock_organisations(session, {d.organisation_id for d in drafts})
         outcomes = _price_under_lock(session, organisations, drafts)
         accepted = [o.event for o in outcomes if o.created and o.event is not None]
-        if not accepted or _insert_events(session, accepted):
+        agents = _call_agents(session, drafts)
+        if not accepted or _insert_events(session, accepted, agents):
             break
         # lost a race to another organisation's transaction: look again
     else:
@@ -327,10 +329,37 @@ def _bounded_balance(balance_minor: int) -> int:
     return balance_minor
 
 
-def _insert_events(session: Session, events: list[BillingEvent]) -> bool:
-    """Insert the unknown calls and the events in one SAVEPOINT, each in one bulk
-    statement; False, with it rolled back, if another transaction took one of the keys or
-    call ids meanwhile."""
+def _call_agents(session: Session, drafts: list[EventDraft]) -> dict[str, int]:
+    """The agent each call was answered by, for the calls this batch may create: only an
+    agent of the call's own organisation (another's is logged and left out: the usage is
+    still billed, to the organisation the event names)."""
+    named = {d.call_id: (d.agent_id, d.organisation_id) for d in drafts if d.agent_id}
+    if not named:
+        return {}
+    owners = dict(
+        session.exec(
+            select(Agent.id, Agent.organisation_id).where(
+                col(Agent.id).in_(sorted({agent for agent, _ in named.values()}))
+            )
+        ).all()
+    )
+    agents: dict[str, int] = {}
+    for call_id, (agent_id, organisation_id) in named.items():
+        assert agent_id is not None
+        if owners.get(agent_id) == organisation_id:
+            agents[call_id] = agent_id
+        else:
+            log.warning(
+                "billing event names an agent of another organisation; not recorded",
+                extra={"call_id": call_id, "organisation_id": organisation_id},
+            )
+    return agents
+
+
+def _insert_events(session: Session, events: list[BillingEvent], agents: dict[str, int]) -> bool:
+    """Insert the unknown calls (with their agents) and the events in one SAVEPOINT, each
+    in one bulk statement; False, with it rolled back, if another transaction took one of
+    the keys or call ids meanwhile."""
     calls = {event.call_id: event.organisation_id for event in events}
     with session.begin_nested() as savepoint:
         # asked for inside the block: that is what emits the SAVEPOINT (lazily); a
@@ -340,8 +369,8 @@ def _insert_events(session: Session, events: list[BillingEvent]) -> bool:
         connection.execute(
             _insert_ignoring_conflicts(session, Call),
             [
-                {"id": call_id, "organisation_id": org_id, "status": CALL_STATUS_BILLED,
-                 "started_at": now}
+                {"id": call_id, "organisation_id": org_id, "agent_id": agents.get(call_id),
+                 "status": CALL_STATUS_BILLED, "started_at": now}
                 for call_id, org_id in sorted(calls.items())
             ],
         )  # fmt: skip

@@ -352,13 +352,16 @@ def _results_of(response: httpx.Response, expected: int) -> list[BillingEventRes
 
 
 def _as_json(draft: EventDraft) -> dict[str, object]:
-    return {
+    body: dict[str, object] = {
         "idempotency_key": draft.idempotency_key,
         "organisation_id": draft.organisation_id,
         "call_id": draft.call_id,
         "kind": UsageKind(draft.kind).value,
         "quantity": draft.quantity,
     }
+    if draft.agent_id is not None:
+        body["agent_id"] = draft.agent_id
+    return body
 
 
 def _encode(draft: EventDraft) -> str:
@@ -373,4 +376,5 @@ def _decode(payload: str) -> EventDraft:
         call_id=fields["call_id"],
         kind=UsageKind(fields["kind"]),
         quantity=int(fields["quantity"]),
+        agent_id=fields.get("agent_id"),  # absent in events queued before agents were sent
     )

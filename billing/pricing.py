@@ -78,6 +78,8 @@ class EventDraft:
     call_id: str
     kind: UsageKind
     quantity: int
+    agent_id: int | None = None
+    """The agent that answered the call; the sidecar records it on a call it creates."""
 
 
 def block_price_minor(plan: Plan, kind: UsageKind) -> int:
@@ -118,7 +120,12 @@ def price_minor(plan: Plan, kind: UsageKind, quantity: int) -> int:
 
 
 def usage_events(
-    call_id: str, organisation_id: int, usage: Sequence[UsageLine], sequence: int
+    call_id: str,
+    organisation_id: int,
+    usage: Sequence[UsageLine],
+    sequence: int,
+    *,
+    agent_id: int | None = None,
 ) -> list[EventDraft]:
     """One :class:`EventDraft` per non-zero usage line, keyed ``{call_id}:{kind}:{sequence}``.
 
@@ -141,6 +148,7 @@ def usage_events(
             call_id=call_id,
             kind=line.kind,
             quantity=line.quantity,
+            agent_id=agent_id,
         )
         for line in usage
         if line.quantity > 0

@@ -77,6 +77,8 @@ def test_an_admitted_call_gets_a_lease_to_heartbeat_and_release(shared_sidecar: 
         "lease_id": f"{org}:call-lease",
         "reason": None,
         "message": admitted["message"],
+        "organisation_id": org,
+        "agent_id": None,
     }
     lease = f"/internal/admissions/{org}:call-lease"
     heartbeat = client.post(f"{lease}/heartbeat", headers=SERVICE_HEADERS)
@@ -334,6 +336,24 @@ def test_a_quantity_above_its_kinds_maximum_is_rejected_and_charges_nothing(
     assert (status, _statuses(body)) == (200, ["rejected"])
     assert body["results"][0]["reason"] == "invalid_event"
     assert seed.balance(org) == 0
+
+
+def test_a_new_call_records_its_agent_and_its_owner_sees_it(shared_sidecar: SidecarApi) -> None:
+    seed = shared_sidecar.seed
+    org, other = seed.organisation(), seed.organisation()
+    owner = seed.member(org, Role.agent)
+    agent = seed.agent(org, owner.user_id)
+    foreign = seed.agent(other, seed.member(other, Role.admin).user_id)
+    events = [
+        {**billing_event(org, f"call-agent-{org}", 60), "agent_id": agent},
+        {**billing_event(org, f"call-foreign-{org}", 60), "agent_id": foreign},
+    ]
+    status, body = _post_events(shared_sidecar, events)
+    assert (status, _statuses(body)) == (200, ["applied", "applied"])
+    seen = shared_sidecar.client.get("/v1/calls", headers=owner.headers).json()
+    assert [(c["id"], c["agent_id"]) for c in seen] == [(f"call-agent-{org}", agent)]
+    # another organisation's agent is not recorded; the usage is billed all the same
+    assert seed.balance(org) == -20
 
 
 def test_a_batch_that_is_not_a_list_of_events_is_422(shared_sidecar: SidecarApi) -> None:

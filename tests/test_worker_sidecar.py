@@ -8,6 +8,7 @@ import pytest
 
 from agent.admission import (
     ADMISSION_ATTR,
+    AGENT_ATTR,
     LEASE_ATTR,
     MESSAGE_ATTR,
     ORG_ATTR,
@@ -22,7 +23,7 @@ from agent.worker import start_sidecar_link
 from billing.api.app import create_app
 from storage.db import session_scope
 from tests.api_client import SERVICE_TOKEN, make_config, serving
-from tests.billing_seed import seed_org
+from tests.billing_seed import seed_agent, seed_org
 from tests.test_worker_admission import FakeJob, FakeJobRequest
 
 
@@ -213,4 +214,30 @@ async def test_the_lease_is_heart_beaten_three_times_per_ttl_the_sidecar_gives(
         await keeper.tick()
         assert keeper.interval_s == 2.0
         await keeper.release()
+        await client.aclose()
+
+
+@pytest.mark.parametrize("named_by", ["agent_id", "dialled_number"])
+async def test_a_call_found_by_its_agent_or_number_is_metered_to_its_organisation(
+    engine, database_url, tmp_path, named_by
+):
+    """Dispatch metadata often names only the agent or the dialled number: the sidecar's
+    answer says whose call it is, so the call is metered and billed, not left free."""
+    with session_scope(engine) as session:
+        org, _, [admin] = seed_org(session, admins=1)
+        agent = seed_agent(session, org, admin, phone_number="+15550107788")
+        org_id, agent_id = org.id, agent.id
+    app = create_app(make_config(database_url, tmp_path / "rec"), engine=engine)
+    with serving(app) as url:
+        client = SidecarClient(url, SERVICE_TOKEN)
+        handler = make_request_handler(Settings(), client)
+        meta = {"agent_id": f'{{"agent_id": {agent_id}}}',
+                "dialled_number": '{"dialled_number": "+15550107788"}'}[named_by]  # fmt: skip
+        request = FakeJobRequest(FakeJob("call-by-agent", meta))
+        await handler(request)
+        assert request.accepted is not None
+        assert request.accepted[ADMISSION_ATTR] == "admitted"
+        assert request.accepted[ORG_ATTR] == str(org_id)
+        assert request.accepted[AGENT_ATTR] == str(agent_id)
+        await client.release(request.accepted[LEASE_ATTR])
         await client.aclose()

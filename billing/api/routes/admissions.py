@@ -50,6 +50,8 @@ def admit(body: AdmissionIn, resources: Resources) -> AdmissionOut | JSONRespons
         lease_id=decision.lease_id,
         reason=decision.reason,
         message=decision.message,
+        organisation_id=decision.organisation_id,
+        agent_id=decision.agent_id,
     )
     if decision.admitted and decision.lease_id is not None:
         resources.metrics.leases.granted(decision.lease_id)
