@@ -42,9 +42,6 @@ def heartbeat_interval_s(ttl_s: float) -> float:
     return max(MIN_HEARTBEAT_INTERVAL_S, ttl_s / 3)
 
 
-"""How often a live call's lease is heart-beaten: well within the sidecar's TTL (30 s)."""
-
-
 @dataclass(frozen=True)
 class CallIdentity:
     """Who a call belongs to, from the job's metadata (set by the dispatch rule or by the
