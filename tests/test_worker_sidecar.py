@@ -118,7 +118,9 @@ async def test_a_lost_lease_is_taken_again_and_counts_against_new_calls(
 async def test_a_call_admitted_while_the_sidecar_was_down_takes_a_lease_once_it_is_up(
     engine, database_url, tmp_path, one_call_org, unused_tcp_port
 ):
-    client = SidecarClient(f"http://127.0.0.1:{unused_tcp_port}", SERVICE_TOKEN, timeout_s=1.0)
+    # a closed port refuses at once whatever the timeout; the generous one is for the
+    # app's first request, which on a fresh checkout (no bytecode yet) can take over 1 s
+    client = SidecarClient(f"http://127.0.0.1:{unused_tcp_port}", SERVICE_TOKEN, timeout_s=15.0)
     keeper = LeaseKeeper(client, CallIdentity("call-1", one_call_org, None, None), None)
     await keeper.tick()  # nobody listens: the call goes on unleased
     assert keeper.lease_id is None
