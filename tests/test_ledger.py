@@ -324,14 +324,18 @@ def test_a_batch_of_one_organisation_moves_the_balance_once_by_the_sum(engine):
     assert writes(engine, org) == (-150 * 50, 50, 50, 0, 50, 3)
 
 
-def test_amounts_beyond_32_bits_are_charged_and_credited_exactly(engine):
-    org = seed_organisation(engine, balance_minor=0)
+def price_output_tokens_at_the_maximum(engine: Engine, organisation_id: int) -> None:
     with session_scope(engine) as session:
         session.exec(
             update(Plan)
-            .where(Plan.id == plan_of(engine, org).id)  # type: ignore[arg-type]
+            .where(Plan.id == plan_of(engine, organisation_id).id)  # type: ignore[arg-type]
             .values(price_per_1k_llm_output_tokens_minor=MAX_BLOCK_PRICE_MINOR)
         )
+
+
+def test_amounts_beyond_32_bits_are_charged_and_credited_exactly(engine):
+    org = seed_organisation(engine, balance_minor=0)
+    price_output_tokens_at_the_maximum(engine, org)
     big = 10**12  # > 2**31 and the largest payment
     with session_scope(engine) as session:
         apply_payment(session, notice(org, "pi_big", big), actor="webhook:stripe")
@@ -350,12 +354,7 @@ def test_amounts_beyond_32_bits_are_charged_and_credited_exactly(engine):
 
 def test_an_event_whose_amount_would_overflow_is_refused_for_good(engine):
     org = seed_organisation(engine, balance_minor=0)
-    with session_scope(engine) as session:
-        session.exec(
-            update(Plan)
-            .where(Plan.id == plan_of(engine, org).id)  # type: ignore[arg-type]
-            .values(price_per_1k_llm_output_tokens_minor=MAX_BLOCK_PRICE_MINOR)
-        )
+    price_output_tokens_at_the_maximum(engine, org)
     with session_scope(engine) as session:
         (outcome,) = apply_event_batch(
             session, [draft(org, kind=UsageKind.llm_output_tokens, quantity=10**9)]
