@@ -1,8 +1,9 @@
 """Call admission in the worker's job request handler, before a call is accepted.
 
 The sidecar decides (quota leases shared by every worker); the worker carries the decision
-to the job as attributes of the agent's participant, where the job reads it and where a
-room's front end can show a refused user the reason. A refused call is still accepted:
+to the job as one attribute of the agent's participant (:class:`AdmissionDecision` as
+JSON), where the job reads it and where a room's front end can show a refused user the
+reason. A refused call is still accepted:
 the agent joins only to say why (a SIP caller hears it) and then leaves, because a
 rejected job would leave the caller in silence.
 """
@@ -12,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.logs import mask_phone
 from agent.settings import Settings
@@ -23,13 +26,8 @@ from agent.sidecar_client import SidecarClient, SidecarUnavailable
 log = logging.getLogger("agent.admission")
 
 ADMISSION_ATTR = "va.admission"
-"""``admitted`` (with a lease), ``unleased`` (sidecar unreachable, admitted anyway and billed
-later through the outbox), ``unmetered`` (no sidecar configured) or ``refused``."""
-LEASE_ATTR = "va.lease_id"
-REASON_ATTR = "va.refusal_reason"
-MESSAGE_ATTR = "va.refusal_message"
-ORG_ATTR = "va.organisation_id"
-AGENT_ATTR = "va.agent_id"
+"""The agent participant's attribute holding the :class:`AdmissionDecision` as JSON, for the
+job and for a room's front end (which shows a refused user ``message``)."""
 
 UNAVAILABLE_MESSAGE = "Sorry, we cannot take your call right now. Please try again later."
 LEASE_HEARTBEAT_INTERVAL_S = 10.0
@@ -52,6 +50,48 @@ class CallIdentity:
     organisation_id: int | None
     agent_id: int | None
     dialled_number: str | None
+
+
+class AdmissionDecision(BaseModel):
+    """Whether a call is taken, and whom it is billed to. ``status``: ``admitted`` (with a
+    lease), ``unleased`` (sidecar unreachable, admitted anyway and billed later through the
+    outbox), ``unmetered`` (no sidecar configured) or ``refused`` (``reason`` and the
+    ``message`` the caller hears)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: Literal["admitted", "unleased", "unmetered", "refused"]
+    lease_id: str | None = None
+    organisation_id: int | None = None
+    """Billed for the call (the sidecar's answer, however it found the organisation)."""
+    agent_id: int | None = None
+    """The agent that answers it (named in the metadata, or reached on the dialled number)."""
+    dialled_number: str | None = None
+    reason: str | None = None
+    message: str | None = None
+
+    @property
+    def refused(self) -> bool:
+        return self.status == "refused"
+
+    def identity(self, call_id: str) -> CallIdentity:
+        """The call as admitted: the organisation and agent the sidecar resolved."""
+        return CallIdentity(call_id, self.organisation_id, self.agent_id, self.dialled_number)
+
+    def to_attributes(self) -> dict[str, str]:
+        return {ADMISSION_ATTR: self.model_dump_json(exclude_none=True)}
+
+    @classmethod
+    def from_attributes(cls, attributes: Mapping[str, str]) -> AdmissionDecision:
+        """The decision the request handler published; a missing or malformed one (a
+        front end cannot forge it: only the agent sets its own attributes) is logged and
+        taken as unmetered, so the caller is still answered."""
+        raw = attributes.get(ADMISSION_ATTR)
+        try:
+            return cls.model_validate_json(raw or "")
+        except ValidationError:
+            log.error("no admission decision on the job; the call is not metered")
+            return cls(status="unmetered")
 
 
 def call_identity(
@@ -86,14 +126,19 @@ def _int_or_none(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-async def admission_attributes(
+async def decide_admission(
     identity: CallIdentity, client: SidecarClient | None, *, fail_open: bool
-) -> dict[str, str]:
-    """The decision for one call, as participant attributes."""
+) -> AdmissionDecision:
+    """The decision for one call: the sidecar's, or what ``fail_open`` says when it cannot
+    be reached."""
     if client is None:
-        return {ADMISSION_ATTR: "unmetered"}
+        return AdmissionDecision(
+            status="unmetered",
+            agent_id=identity.agent_id,
+            dialled_number=identity.dialled_number,
+        )
     try:
-        decision = await client.admit(
+        answer = await client.admit(
             identity.call_id,
             organisation_id=identity.organisation_id,
             agent_id=identity.agent_id,
@@ -105,41 +150,41 @@ async def admission_attributes(
             extra={"error": str(exc), "fail_open": fail_open},
         )
         if fail_open:
-            return {ADMISSION_ATTR: "unleased", **_org_attr(identity)}
-        return {
-            ADMISSION_ATTR: "refused",
-            REASON_ATTR: "billing_unavailable",
-            MESSAGE_ATTR: UNAVAILABLE_MESSAGE,
-        }
-    if decision.admitted and decision.lease_id:
+            return AdmissionDecision(
+                status="unleased",
+                organisation_id=identity.organisation_id,
+                agent_id=identity.agent_id,
+                dialled_number=identity.dialled_number,
+            )
+        return AdmissionDecision(
+            status="refused",
+            reason="billing_unavailable",
+            message=UNAVAILABLE_MESSAGE,
+            dialled_number=identity.dialled_number,
+        )
+    if answer.admitted and answer.lease_id:
         # the sidecar's answer names the organisation and agent however the call found
         # them (its agent, the dialled number): the call is metered and billed to them
-        billed = CallIdentity(
-            identity.call_id,
-            decision.organisation_id or identity.organisation_id,
-            decision.agent_id or identity.agent_id,
-            identity.dialled_number,
+        return AdmissionDecision(
+            status="admitted",
+            lease_id=answer.lease_id,
+            organisation_id=answer.organisation_id or identity.organisation_id,
+            agent_id=answer.agent_id or identity.agent_id,
+            dialled_number=identity.dialled_number,
         )
-        return {ADMISSION_ATTR: "admitted", LEASE_ATTR: decision.lease_id, **_org_attr(billed)}
     log.info(
         "call refused",
         extra={
-            "reason": decision.reason,
+            "reason": answer.reason,
             "dialled_number": mask_phone(identity.dialled_number or ""),
         },
     )
-    return {
-        ADMISSION_ATTR: "refused",
-        REASON_ATTR: decision.reason or "refused",
-        MESSAGE_ATTR: decision.message or UNAVAILABLE_MESSAGE,
-    }
-
-
-def _org_attr(identity: CallIdentity) -> dict[str, str]:
-    attributes = {ORG_ATTR: str(identity.organisation_id)} if identity.organisation_id else {}
-    if identity.agent_id:
-        attributes[AGENT_ATTR] = str(identity.agent_id)
-    return attributes
+    return AdmissionDecision(
+        status="refused",
+        reason=answer.reason or "refused",
+        message=answer.message or UNAVAILABLE_MESSAGE,
+        dialled_number=identity.dialled_number,
+    )
 
 
 def make_request_handler(
@@ -153,10 +198,8 @@ def make_request_handler(
             [req.room.metadata, req.job.metadata],
             settings.default_organisation_id,
         )
-        attributes = await admission_attributes(
-            identity, client, fail_open=settings.admission_fail_open
-        )
-        await req.accept(attributes=attributes)
+        decision = await decide_admission(identity, client, fail_open=settings.admission_fail_open)
+        await req.accept(attributes=decision.to_attributes())
 
     return on_request
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import re
 import signal
 import socket
 import sys
@@ -51,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     console.add_argument("--input-device", help="input device id or name substring")
     console.add_argument("--output-device", help="output device id or name substring")
     console.add_argument("--list-devices", action="store_true", help="list audio devices")
+    console.add_argument("--agent", type=Path, help=AGENT_HELP)
 
     for name, text in (
         ("dev", "run as a LiveKit worker in development mode (console when no server is set)"),
@@ -76,7 +79,52 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--end", type=float, help="use the recording up to S seconds")
     sim.add_argument("--fast", action="store_true", help="feed the caller's audio unpaced")
     sim.add_argument("--no-greeting", action="store_true", help="skip the agent's greeting")
+    sim.add_argument("--agent", type=Path, help=AGENT_HELP)
+    sim.add_argument(
+        "--sidecar",
+        metavar="URL",
+        help="run the production path against this sidecar: admission, lease, metering "
+        "through the outbox into its ledger (default: SIDECAR_URL; unset: unmetered)",
+    )
+    sim.add_argument("--agent-id", type=_positive_int, help="the sidecar's agent to call")
+    sim.add_argument("--organisation-id", type=_positive_int, help="bill this organisation")
+    sim.add_argument("--dialled-number", type=_phone_number, help="the number called (E.164)")
+    sim.add_argument("--caller-number", type=_phone_number, help="the caller's number (E.164)")
     return parser
+
+
+AGENT_HELP = "the agent profile to run (YAML; default: AGENT_PROFILE, else the built-in demo)"
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 2**31 - 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number 1..2147483647, got {text!r}")
+    return int(text)
+
+
+def _phone_number(text: str) -> str:
+    if not re.fullmatch(r"\+[1-9][0-9]{6,14}", text):
+        raise argparse.ArgumentTypeError("must be an E.164 number like +15550100")
+    return text
+
+
+def take_agent_option(rest: list[str]) -> tuple[Path | None, list[str]]:
+    """``--agent FILE`` (or ``--agent=FILE``) out of a livekit command's arguments, which
+    livekit's own parser would refuse."""
+    kept: list[str] = []
+    path: Path | None = None
+    args = iter(rest)
+    for arg in args:
+        if arg == "--agent":
+            value = next(args, None)
+            if value is None:
+                raise StartupError("--agent needs a profile file (see: python agent.py --help)", 2)
+            path = Path(value)
+        elif arg.startswith("--agent="):
+            path = Path(arg.partition("=")[2])
+        else:
+            kept.append(arg)
+    return path, kept
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,11 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv and argv[0] in ("dev", "start", "connect"):
             # livekit-agents owns these flags; we only check the set-up before handing over
-            return run_livekit(argv[0], argv[1:], load_settings())
+            profile_path, rest = take_agent_option(argv[1:])
+            return run_livekit(argv[0], rest, with_profile(load_settings(), profile_path))
         args = build_parser().parse_args(argv)
         settings = load_settings()
         if args.command == "console":
-            return run_livekit("console", argv[1:], settings)
+            _, rest = take_agent_option(argv[1:])
+            return run_livekit("console", rest, with_profile(settings, args.agent))
         if args.command == "simulate":
             return run_simulate(args, settings)
         if args.command == "sidecar":
@@ -113,6 +163,22 @@ def load_settings() -> Settings:
         # a value that must be JSON (PAYMENT_WEBHOOK_SECRETS) is not; never show the value
         field = str(exc).partition('field "')[2].partition('"')[0]
         raise StartupError(f"invalid setting {field.upper()}: not valid JSON") from exc
+
+
+def with_profile(settings: Settings, path: Path | None) -> Settings:
+    """``settings`` running the profile at ``path`` (else ``AGENT_PROFILE``), checked now:
+    a bad profile stops the command with one line naming the file and the fields. The
+    path reaches livekit's job processes through the environment."""
+    from agent.profile import ProfileError, local_profile
+
+    if path is not None:
+        settings = settings.model_copy(update={"agent_profile": path.resolve()})
+        os.environ["AGENT_PROFILE"] = str(path.resolve())
+    try:
+        local_profile(settings.agent_profile)
+    except ProfileError as exc:
+        raise StartupError(str(exc)) from exc
+    return settings
 
 
 def _setting_name(loc: tuple[int | str, ...]) -> str:
@@ -227,6 +293,7 @@ def cut_recording(pcm: np.ndarray, start_s: float, end_s: float | None) -> np.nd
 def run_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from agent.logs import configure_logging
     from agent.pipeline import load_vad
+    from agent.profile import local_profile
     from agent.simulate import SimulationOptions, simulate_call, write_agent_audio
     from agent.wav_io import CallerAudioError, load_caller_audio
 
@@ -241,9 +308,27 @@ def run_simulate(args: argparse.Namespace, settings: Settings) -> int:
         if target is not None and target.exists() and target.is_dir():
             raise StartupError(f"output path is a directory: {target}")
 
-    options = SimulationOptions(realtime=not args.fast, greeting=not args.no_greeting)
+    settings = with_profile(settings, args.agent)
+    if args.sidecar:
+        settings = settings.model_copy(update={"sidecar_url": args.sidecar})
+    profile = local_profile(args.agent) if args.agent else None
+    options = SimulationOptions(
+        realtime=not args.fast,
+        greeting=not args.no_greeting,
+        agent_id=args.agent_id,
+        organisation_id=args.organisation_id,
+        dialled_number=args.dialled_number,
+        caller_number=args.caller_number,
+    )
     report, agent_pcm = asyncio.run(
-        simulate_call(pcm, settings, load_vad(), options=options, input_name=str(args.input))
+        simulate_call(
+            pcm,
+            settings,
+            load_vad(),
+            options=options,
+            input_name=str(args.input),
+            profile=profile,
+        )
     )
     if args.output:
         write_agent_audio(args.output, agent_pcm)
@@ -262,6 +347,11 @@ def run_simulate(args: argparse.Namespace, settings: Settings) -> int:
         print(
             f"median end-of-speech -> first agent audio: {median:.2f} s "
             f"over {len(report.turns)} turn(s)"
+        )
+    if report.billing_events_pending is not None:
+        print(
+            f"call {report.call_id}: {report.admission}, "
+            f"{report.billing_events_pending} billing event(s) not yet delivered"
         )
     for err in report.errors:
         print(f"  error: {err}")

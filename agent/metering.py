@@ -13,13 +13,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from livekit.agents.metrics import LLMModelUsage, STTModelUsage, TTSModelUsage
 from livekit.agents.voice.agent_session import AgentSessionUsage
 
-from billing.outbox import Outbox
-from billing.pricing import UsageLine, usage_events, usage_from_session
+from agent.outbox import Outbox
+from billing.pricing import CallFacts, UsageLine, usage_events, usage_from_session
 from storage.models import UsageKind
 
 log = logging.getLogger("agent.metering")
@@ -67,6 +67,7 @@ class CallMeter:
         organisation_id: int,
         agent_id: int | None = None,
         usage: Callable[[], AgentSessionUsage],
+        call_facts: Callable[[], CallFacts] | None = None,
         started_at: float | None = None,
         interval_s: float = 60.0,
     ) -> None:
@@ -75,6 +76,7 @@ class CallMeter:
         self._org = organisation_id
         self._agent_id = agent_id
         self._usage = usage
+        self._call_facts = call_facts
         self._started_at = started_at if started_at is not None else time.monotonic()
         self._interval_s = interval_s
         self._emitted: dict[UsageKind, int] = {}
@@ -84,26 +86,38 @@ class CallMeter:
     def start(self) -> None:
         self._task = asyncio.create_task(self._periodic(), name="CallMeter")
 
-    async def close(self) -> None:
-        """Stop the periodic metering and write the call's final usage."""
+    async def close(self, *, status: str = "ended") -> None:
+        """Stop the periodic metering and write the call's final usage; its events tell
+        the sidecar the call ended (``ended`` or ``failed``)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await asyncio.to_thread(self.flush)
+        await asyncio.to_thread(self.flush, ended=(time.time(), status))
 
-    def flush(self) -> int:
-        """Write usage not yet emitted as one sequence of events; returns how many."""
+    def flush(self, *, ended: tuple[float, str] | None = None) -> int:
+        """Write usage not yet emitted as one sequence of events; returns how many.
+        ``ended`` (unix time, status): the call's last flush, which always writes at least
+        one event, so the call's end reaches the sidecar."""
         lines = session_usage_lines(time.monotonic() - self._started_at, self._usage())
         delta = []
         for line in lines:
             new = line.quantity - self._emitted.get(line.kind, 0)
             if new > 0:
                 delta.append(UsageLine(kind=line.kind, quantity=new))
-        if not delta:
+        if not delta and ended is None:
             return 0
+        facts = self._call_facts() if self._call_facts else None
+        if facts is not None and ended is not None:
+            facts = replace(facts, ended_at=max(ended[0], facts.started_at), status=ended[1])
         drafts = usage_events(
-            self._call_id, self._org, delta, self._sequence, agent_id=self._agent_id
+            self._call_id,
+            self._org,
+            delta or [UsageLine(UsageKind.call_seconds, 0)],
+            self._sequence,
+            agent_id=self._agent_id,
+            call=facts,
+            keep_zero=not delta,
         )
         self._outbox.add(drafts)  # durable before we count it as emitted
         for line in delta:

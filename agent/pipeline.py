@@ -1,6 +1,9 @@
 """Session assembly: which STT, LLM and TTS a call gets, read top to bottom as data flows.
 
-caller audio -> Silero VAD -> STT -> LLM (+ function tools) -> TTS -> caller
+caller audio -> Silero VAD -> STT -> LLM (+ the profile's function tools) -> TTS -> caller
+
+The worker's settings say which providers this machine has (keys, base URLs, defaults);
+the agent's profile chooses among them per stage (``stage_settings``).
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ import logging
 from livekit.agents import AgentSession, llm, stt, tts, vad
 from livekit.agents.voice.turn import TurnHandlingOptions
 
+from agent.profile import dialogue_policy
 from agent.settings import Settings
-from agent.support_agent import SUPPORT_POLICY
+from billing.agent_profile import AgentProfile
 
 log = logging.getLogger("agent.pipeline")
 
@@ -37,7 +41,45 @@ def build_stt(settings: Settings) -> stt.STT:
     return WhisperSTT()
 
 
-def build_llm(settings: Settings) -> llm.LLM:
+def stage_settings(settings: Settings, profile: AgentProfile) -> Settings:
+    """``settings`` with the profile's choices applied: a provider per stage (``auto``
+    keeps the settings' own), its models and its voices. A provider whose key this worker
+    does not have is logged and left to the settings' choice: the call is still answered."""
+    chosen = profile.providers
+    keys = {
+        "deepgram": settings.deepgram_api_key,
+        "openai": settings.openai_api_key,
+        "elevenlabs": settings.elevenlabs_api_key,
+    }
+    update: dict[str, object] = {}
+    for stage, provider in (("stt", chosen.stt), ("llm", chosen.llm), ("tts", chosen.tts)):
+        if provider == "auto":
+            continue
+        key = keys.get(provider)
+        if key is not None and not key.get_secret_value():
+            log.warning(
+                "the agent's provider has no key on this worker; using the default",
+                extra={"stage": stage, "provider": provider, "agent": profile.name},
+            )
+            continue
+        update[f"{stage}_provider"] = provider
+    resolved = settings.model_copy(update=update)
+    if chosen.stt_model:
+        update["deepgram_model"] = chosen.stt_model
+    if chosen.llm_model:
+        update["openai_model"] = chosen.llm_model
+    if chosen.tts_model:
+        model_field = {"openai": "openai_tts_model", "elevenlabs": "elevenlabs_model"}
+        if (field := model_field.get(resolved.resolved_tts())) is not None:
+            update[field] = chosen.tts_model
+    if profile.voices.openai:
+        update["openai_tts_voice"] = profile.voices.openai
+    if profile.voices.elevenlabs:
+        update["elevenlabs_voice_id"] = profile.voices.elevenlabs
+    return settings.model_copy(update=update)
+
+
+def build_llm(settings: Settings, profile: AgentProfile) -> llm.LLM:
     if settings.resolved_llm() == "openai":
         from livekit.plugins import openai
 
@@ -48,7 +90,7 @@ def build_llm(settings: Settings) -> llm.LLM:
         )
     from plugins.dialogue_llm import DialogueLLM
 
-    return DialogueLLM(SUPPORT_POLICY)
+    return DialogueLLM(dialogue_policy(profile))
 
 
 def build_tts(settings: Settings) -> tts.TTS:
@@ -77,8 +119,13 @@ def build_tts(settings: Settings) -> tts.TTS:
     return PiperTTS()
 
 
-def build_session(settings: Settings, vad_model: vad.VAD) -> AgentSession:
-    stt_model, llm_model, tts_model = build_stt(settings), build_llm(settings), build_tts(settings)
+def build_session(settings: Settings, vad_model: vad.VAD, profile: AgentProfile) -> AgentSession:
+    """The session a call of ``profile`` runs; it does not own its models (the call object
+    closes them)."""
+    settings = stage_settings(settings, profile)
+    stt_model = build_stt(settings)
+    llm_model = build_llm(settings, profile)
+    tts_model = build_tts(settings)
     log.info(
         "session assembled",
         extra={"stt": stt_model.label, "llm": llm_model.label, "tts": tts_model.label},

@@ -78,11 +78,20 @@ class Settings(BaseSettings):
     """When the sidecar cannot be reached: admit the call (and bill it later through the
     outbox) rather than turn callers away."""
 
+    agent_profile: Path | None = None
+    """The agent a call runs when the sidecar names none (a YAML file; ``--agent FILE``
+    sets it); unset: the built-in Northwind demo."""
+
     data_dir: Path = Path("data")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] | None = None
     """None: the command's own (JSON for ``start`` and ``sidecar``, text for ``console``,
     ``dev`` and ``simulate``)."""
+
+    @property
+    def outbox_path(self) -> Path:
+        """The worker's billing outbox, shared by its job processes."""
+        return self.data_dir / "outbox.db"
 
     def resolved_stt(self) -> Literal["local", "deepgram"]:
         if self.stt_provider == "auto":

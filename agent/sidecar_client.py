@@ -1,5 +1,5 @@
-"""The worker's client for the billing sidecar's internal routes (admission leases),
-speaking the contract in ``billing.internal_api``."""
+"""The worker's client for the billing sidecar's internal routes (admission leases, agent
+profiles), speaking the contract in ``billing.internal_api``."""
 
 from __future__ import annotations
 
@@ -9,19 +9,19 @@ from typing import TypeVar
 import httpx
 from pydantic import ValidationError
 
+from billing.agent_profile import AgentProfile
 from billing.internal_api import (
     ADMISSIONS_PATH,
     AdmissionIn,
     AdmissionOut,
+    AgentProfileOut,
     LeaseOut,
+    agent_profile_path,
     lease_heartbeat_path,
     lease_path,
 )
 
 log = logging.getLogger("agent.sidecar_client")
-
-AdmissionDecision = AdmissionOut
-"""The sidecar's decision, as its route answers it."""
 
 
 class SidecarUnavailable(Exception):
@@ -46,7 +46,7 @@ class SidecarClient:
         agent_id: int | None,
         dialled_number: str | None,
         resume: bool = False,
-    ) -> AdmissionDecision:
+    ) -> AdmissionOut:
         """Ask for a call lease (``resume``: for a live call that lost it; never refused
         for a quota). Raises SidecarUnavailable when no decision came back."""
         body = AdmissionIn(
@@ -70,6 +70,17 @@ class SidecarClient:
             raise SidecarUnavailable(f"heartbeat answered {resp.status_code}: {resp.text[:200]}")
         return _parse(LeaseOut, resp) if resp.status_code == 200 else None
 
+    async def agent_profile(self, agent_id: int) -> AgentProfile:
+        """The profile of one of the sidecar's agents. Raises SidecarUnavailable when it
+        does not answer with one (an unknown agent included: the caller is answered with
+        the default profile rather than not at all)."""
+        resp = await self._request("GET", agent_profile_path(agent_id))
+        if resp.status_code != 200:
+            raise SidecarUnavailable(
+                f"agent profile answered {resp.status_code}: {resp.text[:200]}"
+            )
+        return _parse(AgentProfileOut, resp).profile
+
     async def release(self, lease_id: str) -> None:
         await self._request("DELETE", lease_path(lease_id))
 
@@ -83,7 +94,7 @@ class SidecarClient:
             raise SidecarUnavailable(f"{method} {path}: {exc!r}") from exc
 
 
-_Model = TypeVar("_Model", AdmissionOut, LeaseOut)
+_Model = TypeVar("_Model", AdmissionOut, LeaseOut, AgentProfileOut)
 
 
 def _parse(model: type[_Model], resp: httpx.Response) -> _Model:

@@ -11,6 +11,7 @@ import json
 import logging
 import statistics
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,16 +22,21 @@ from livekit.agents import llm, vad
 from livekit.agents.utils import http_context
 from livekit.agents.voice import events
 
+from agent.admission import CallIdentity, decide_admission
+from agent.call import Call
 from agent.metering import UsageTotals, usage_totals
-from agent.pipeline import build_session
+from agent.outbox import Outbox, OutboxSender
+from agent.profile import ProfileStore, local_profile
 from agent.settings import Settings
-from agent.support_agent import GREETING, SupportAgent
+from agent.sidecar_client import SidecarClient
+from agent.tools import ProfileAgent
 from agent.wav_io import (
     AGENT_SAMPLE_RATE_HZ,
     CALLER_SAMPLE_RATE_HZ,
     CallerAudioInput,
     CapturedAudioOutput,
 )
+from billing.agent_profile import AgentProfile
 
 log = logging.getLogger("agent.simulate")
 
@@ -61,6 +67,16 @@ class CallReport:
     caller_audio_s: float
     call_duration_s: float
     stack: dict[str, str]
+    call_id: str = ""
+    agent: str = ""
+    """The profile's name."""
+    admission: str = ""
+    """``unmetered`` (no sidecar), ``admitted``, ``unleased`` or ``refused``."""
+    refusal_reason: str | None = None
+    status: str | None = None
+    """How the call ended: ``ended``, ``failed`` or ``refused``."""
+    billing_events_pending: int | None = None
+    """With a sidecar: events still in the outbox after the call (0: all delivered)."""
     transcript: list[Utterance] = field(default_factory=list)
     turns: list[TurnLatency] = field(default_factory=list)
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
@@ -91,6 +107,13 @@ class SimulationOptions:
     """... or this long, when the caller's last speech has produced no transcript yet."""
     max_tail_s: float = 30.0
     """Upper bound on how long the call may go on after the caller's audio ends."""
+    agent_id: int | None = None
+    """The sidecar's agent to call (else the dialled number's, else the local profile)."""
+    organisation_id: int | None = None
+    """Billed for the call when the sidecar cannot tell (else ``DEFAULT_ORGANISATION_ID``)."""
+    dialled_number: str | None = None
+    caller_number: str | None = None
+    """As a SIP caller's: masked in logs and in the sidecar's call row."""
 
 
 async def simulate_call(
@@ -100,38 +123,69 @@ async def simulate_call(
     *,
     options: SimulationOptions | None = None,
     input_name: str = "caller",
+    profile: AgentProfile | None = None,
 ) -> tuple[CallReport, np.ndarray]:
-    """Run one call; returns the report and the agent's audio (16-bit mono, 24 kHz),
-    placed on the call's timeline."""
+    """Run one call the way the worker runs a room's: admission (with ``SIDECAR_URL``), the
+    agent's profile (``profile``, else the admitted agent's from the sidecar, else the
+    local one), the call object, metering through the outbox, which is delivered to the
+    sidecar before this returns. Returns the report and the agent's audio (16-bit mono,
+    24 kHz), placed on the call's timeline."""
     opts = options or SimulationOptions()
     caller = CallerAudioInput(caller_pcm, realtime=opts.realtime)
     speaker = CapturedAudioOutput()
     collector = _EventCollector()
     activity = _ActivityTracker()
+    caller_audio_s = len(caller_pcm) / CALLER_SAMPLE_RATE_HZ
+    # a recording has no acoustic echo: no echo-canceller warm-up to wait for
+    settings = settings.model_copy(update={"aec_warmup_s": 0.0})
+    sidecar = (
+        SidecarClient(settings.sidecar_url, settings.sidecar_service_token.get_secret_value())
+        if settings.sidecar_url
+        else None
+    )
+    identity = CallIdentity(
+        call_id=f"sim-{uuid.uuid4().hex[:16]}",
+        organisation_id=opts.organisation_id or settings.default_organisation_id,
+        agent_id=opts.agent_id,
+        dialled_number=opts.dialled_number,
+    )
 
     async with http_context.open():
-        # a recording has no acoustic echo: no echo-canceller warm-up to wait for
-        session = build_session(settings.model_copy(update={"aec_warmup_s": 0.0}), vad_model)
-        session.input.audio = caller
-        session.output.audio = speaker
-        collector.attach(session)
-        activity.attach(session)
-        t0 = time.time()
-        await session.start(SupportAgent(), record=False)
+        decision = await decide_admission(identity, sidecar, fail_open=settings.admission_fail_open)
+        if profile is None:
+            store = ProfileStore(local_profile(settings.agent_profile))
+            profile = (
+                await store.get(decision.agent_id, sidecar.agent_profile)
+                if sidecar is not None and decision.agent_id is not None
+                else store.default
+            )
+        call = Call(
+            decision.identity(identity.call_id),
+            decision,
+            profile,
+            settings=settings,
+            vad_model=vad_model,
+            sidecar=sidecar,
+            caller_number=opts.caller_number,
+        )
         try:
-            if opts.greeting:
-                await session.say(GREETING).wait_for_playout()
-            caller.play()
-            caller_audio_s = len(caller_pcm) / CALLER_SAMPLE_RATE_HZ
-            await asyncio.wait_for(caller.done.wait(), timeout=caller_audio_s * 2 + 10)
-            await _wait_until_quiet(session, activity, opts)
+            await call.start(audio_input=caller, audio_output=speaker, greet=opts.greeting)
+            if call.session is not None and not call.ended.is_set():
+                collector.attach(call.session)
+                activity.attach(call.session)
+                assert isinstance(call.agent, ProfileAgent)
+                await call.agent.greeted.wait()
+                caller.play()
+                await _first(
+                    call.ended.wait(), caller.done.wait(), timeout_s=caller_audio_s * 2 + 10
+                )
+                await _wait_until_quiet(call, activity, opts)
         finally:
             caller.close()
-            await session.aclose()
-            # the session does not own its models: close their connections here
-            for model in (session.stt, session.llm, session.tts):
-                if model is not None:
-                    await model.aclose()
+            await call.aclose()
+        t0 = call.session_started_at
+        session = call.session
+        assert session is not None
         stack = {
             "stt": session.stt.label if session.stt else "",
             "llm": session.llm.label if session.llm else "",
@@ -144,17 +198,53 @@ async def simulate_call(
         caller_audio_s=round(caller_audio_s, 3),
         call_duration_s=round(time.time() - t0, 3),
         stack=stack,
+        call_id=call.call_id,
+        agent=profile.name,
+        admission=decision.status,
+        refusal_reason=decision.reason,
+        status=call.status,
     )
     collector.fill(report, t0)
     report.usage = usage_totals(usage)
+    if settings.sidecar_url:
+        report.billing_events_pending = await asyncio.to_thread(deliver_outbox, settings)
     return report, speaker.render(t0)
 
 
+def deliver_outbox(settings: Settings, *, max_rounds: int = 5) -> int:
+    """Deliver what the outbox holds to the sidecar now (a simulated call has no worker
+    whose sender thread would); returns how many events are still pending."""
+    outbox = Outbox(settings.outbox_path)
+    sender = OutboxSender(
+        outbox, settings.sidecar_url, settings.sidecar_service_token.get_secret_value()
+    )
+    try:
+        for _ in range(max_rounds):
+            if outbox.pending_count() == 0 or sender.deliver_once() == 0:
+                break
+        return outbox.pending_count()
+    finally:
+        sender.close()
+        outbox.close()
+
+
+async def _first(*waits: Any, timeout_s: float) -> None:
+    """Wait until the first of ``waits`` is done, or ``timeout_s``."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
 async def _wait_until_quiet(
-    session: Any, activity: _ActivityTracker, opts: SimulationOptions
+    call: Call, activity: _ActivityTracker, opts: SimulationOptions
 ) -> None:
+    session = call.session
+    assert session is not None
     deadline = time.monotonic() + opts.max_tail_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not call.ended.is_set():
         busy = session.user_state == "speaking" or session.agent_state in ("thinking", "speaking")
         idle_s = time.monotonic() - activity.last_activity
         # speech whose transcript has not arrived yet may still start a reply

@@ -1,59 +1,53 @@
 """The LiveKit worker: one job per call, a browser user in a room or a SIP caller.
 
-Kept thin on purpose: everything a call does is assembled in ``agent.pipeline`` and
-``agent.support_agent``, which the simulator and the tests drive without a room.
+Kept thin on purpose: a job reads its admission decision, finds its caller and profile,
+and runs an ``agent.call.Call`` (the same object ``simulate`` runs without a room).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
 import threading
 
 import httpx
-from livekit import api, rtc
-from livekit.agents import Agent, AgentServer, AgentSession, JobContext, JobProcess
+from livekit import rtc
+from livekit.agents import AgentServer, JobContext, JobProcess
 
 # livekit-agents registers a plugin when it is first imported, and only on the main thread;
 # `console` runs prewarm and the job in a thread, so import every plugin a call may use here.
 from livekit.plugins import deepgram, elevenlabs, openai, silero  # noqa: F401
 
 from agent.admission import (
-    ADMISSION_ATTR,
-    AGENT_ATTR,
-    LEASE_ATTR,
-    MESSAGE_ATTR,
-    ORG_ATTR,
-    CallIdentity,
-    LeaseKeeper,
-    call_identity,
+    AdmissionDecision,
     make_request_handler,
 )
+from agent.call import Call
 from agent.logs import call_id_var, mask_phone
-from agent.metering import CallMeter
-from agent.pipeline import build_session, build_stt, build_tts, load_vad
+from agent.outbox import Outbox, OutboxSender
+from agent.pipeline import build_stt, build_tts, load_vad
+from agent.profile import ProfileStore, local_profile
 from agent.settings import Settings
 from agent.sidecar_client import SidecarClient
-from agent.support_agent import GREETING, SupportAgent
+from billing.agent_profile import AgentProfile
 from billing.internal_api import WORKER_HEARTBEAT_PATH, WorkerHeartbeatIn
-from billing.outbox import Outbox, OutboxSender
 
 log = logging.getLogger("agent.worker")
 
 WORKER_HEARTBEAT_INTERVAL_S = 15.0
-
-
-def outbox_path(settings: Settings):  # type: ignore[no-untyped-def]
-    return settings.data_dir / "outbox.db"
+SIP_CALLER_ATTR = "sip.phoneNumber"
+SIP_TRUNK_NUMBER_ATTR = "sip.trunkPhoneNumber"
 
 
 def prewarm(proc: JobProcess) -> None:
-    """Runs once per worker process, before any call: load models off the call path."""
+    """Runs once per worker process, before any call: load models off the call path, and
+    the profile cache every call of this process shares."""
     settings = Settings()
+    profile = local_profile(settings.agent_profile)
     proc.userdata["vad"] = load_vad()
+    proc.userdata["profiles"] = ProfileStore(profile)
     if settings.resolved_stt() == "local":
         build_stt(settings).prewarm()  # type: ignore[attr-defined]
     if settings.resolved_tts() == "local":
@@ -61,6 +55,8 @@ def prewarm(proc: JobProcess) -> None:
 
 
 async def entrypoint(ctx: JobContext) -> None:
+    """One job, one call: read the admission decision, wait for the caller, fetch the
+    agent's profile and run the call until it ends."""
     settings = Settings()
     call_id = ctx.job.id or ctx.room.name
     call_id_var.set(call_id)
@@ -68,87 +64,61 @@ async def entrypoint(ctx: JobContext) -> None:
     # and formatted by the main process's handlers)
     ctx.log_context_fields = {**ctx.log_context_fields, "call_id": call_id}
 
-    @ctx.room.on("participant_connected")
-    def _on_participant(participant: rtc.RemoteParticipant) -> None:
-        if participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_SIP:
-            log.info(
-                "sip caller joined",
-                extra={
-                    "caller": mask_phone(participant.attributes.get("sip.phoneNumber", "")),
-                    "trunk_number": mask_phone(
-                        participant.attributes.get("sip.trunkPhoneNumber", "")
-                    ),
-                },
-            )
-
     await ctx.connect()
-    attributes = ctx.room.local_participant.attributes
-    if attributes.get(ADMISSION_ATTR) == "refused":
-        await _refuse(ctx, settings, attributes.get(MESSAGE_ATTR, ""))
-        return
+    if ctx.is_fake_job():  # the console: no dispatch, no admission, the local mic is the caller
+        decision, caller_number, dialled_number = AdmissionDecision(status="unmetered"), None, None
+    else:
+        decision = AdmissionDecision.from_attributes(ctx.room.local_participant.attributes)
+        caller_number, dialled_number = sip_numbers(await ctx.wait_for_participant())
+    if dialled_number and not decision.dialled_number:
+        decision = decision.model_copy(update={"dialled_number": dialled_number})
+    sidecar = (
+        SidecarClient(settings.sidecar_url, settings.sidecar_service_token.get_secret_value())
+        if settings.sidecar_url
+        else None
+    )
+    profile = await call_profile(ctx.proc.userdata["profiles"], decision, sidecar)
 
-    session = build_session(settings, ctx.proc.userdata["vad"])
-    lease_id = attributes.get(LEASE_ATTR)
-    org = attributes.get(ORG_ATTR)
-    if org:
-        meter = CallMeter(
-            Outbox(outbox_path(settings)),
-            call_id=ctx.job.id,
-            organisation_id=int(org),
-            agent_id=int(agent) if (agent := attributes.get(AGENT_ATTR)) else None,
-            usage=lambda: session.usage,
-        )
-        meter.start()
-        ctx.add_shutdown_callback(meter.close)
-    if settings.sidecar_url and attributes.get(ADMISSION_ATTR) in ("admitted", "unleased"):
-        identity = call_identity(
-            ctx.job.id, [ctx.room.metadata, ctx.job.metadata], settings.default_organisation_id
-        )
-        _keep_lease(ctx, settings, identity, lease_id)
+    def on_ended(status: str) -> None:
+        ctx.shutdown(reason=f"call {status}")
+        if decision.refused:  # a SIP caller is hung up only when the room goes
+            asyncio.ensure_future(ctx.delete_room())
 
-    await session.start(agent=SupportAgent(), room=ctx.room)
-    log.info("call started", extra={"room": ctx.room.name})
-    await session.say(GREETING)
-
-
-def refusal_session(settings: Settings) -> AgentSession:
-    """A voice-only session for a refused call: no STT or LLM, so it costs nothing."""
-    return AgentSession(tts=build_tts(settings))
-
-
-async def say_refusal(session: AgentSession, message: str) -> None:
-    """On a started session: say why the call cannot be taken, uninterruptible, wait until
-    it was heard, and close the session."""
-    await session.say(message, allow_interruptions=False).wait_for_playout()
-    await session.aclose()
+    call = Call(
+        decision.identity(call_id),
+        decision,
+        profile,
+        settings=settings,
+        vad_model=ctx.proc.userdata["vad"],
+        sidecar=sidecar,
+        caller_number=caller_number,
+        on_ended=on_ended,
+    )
+    ctx.add_shutdown_callback(call.aclose)
+    await call.start(room=ctx.room)
 
 
-async def _refuse(ctx: JobContext, settings: Settings, message: str) -> None:
-    """Say why the call cannot be taken in the room, then end it (a SIP caller is hung up)."""
-    session = refusal_session(settings)
-    await session.start(agent=Agent(instructions=""), room=ctx.room)
-    await say_refusal(session, message)
-    with contextlib.suppress(Exception):
-        await ctx.api.room.delete_room(api.DeleteRoomRequest(room=ctx.room.name))
-    ctx.shutdown(reason="call refused by admission")
+def sip_numbers(participant: rtc.RemoteParticipant) -> tuple[str | None, str | None]:
+    """(caller number, dialled trunk number) of a SIP caller; (None, None) for anyone else.
+    Logged masked."""
+    if participant.kind != rtc.ParticipantKind.PARTICIPANT_KIND_SIP:
+        return None, None
+    caller = participant.attributes.get(SIP_CALLER_ATTR) or None
+    dialled = participant.attributes.get(SIP_TRUNK_NUMBER_ATTR) or None
+    log.info(
+        "sip caller joined",
+        extra={"caller": mask_phone(caller or ""), "trunk_number": mask_phone(dialled or "")},
+    )
+    return caller, dialled
 
 
-def _keep_lease(
-    ctx: JobContext, settings: Settings, identity: CallIdentity, lease_id: str | None
-) -> None:
-    """Keep the call counted by the sidecar while it runs; release its lease at the end."""
-    client = SidecarClient(settings.sidecar_url, settings.sidecar_service_token.get_secret_value())
-    keeper = LeaseKeeper(client, identity, lease_id)
-    task = asyncio.create_task(keeper.run(), name="lease-keeper")
-
-    async def release() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await keeper.release()
-        await client.aclose()
-
-    ctx.add_shutdown_callback(release)
+async def call_profile(
+    profiles: ProfileStore, decision: AdmissionDecision, sidecar: SidecarClient | None
+) -> AgentProfile:
+    """The admitted agent's profile from the sidecar (cached), else the local one."""
+    if sidecar is None or decision.agent_id is None:
+        return profiles.default
+    return await profiles.get(decision.agent_id, sidecar.agent_profile)
 
 
 def start_sidecar_link(settings: Settings) -> threading.Event | None:
@@ -159,7 +129,7 @@ def start_sidecar_link(settings: Settings) -> threading.Event | None:
         return None
     stop = threading.Event()
     token = settings.sidecar_service_token.get_secret_value()
-    sender = OutboxSender(Outbox(outbox_path(settings)), settings.sidecar_url, token)
+    sender = OutboxSender(Outbox(settings.outbox_path), settings.sidecar_url, token)
     threading.Thread(target=sender.run, args=(stop,), name="outbox-sender", daemon=True).start()
     threading.Thread(
         target=_announce_worker,

@@ -8,17 +8,31 @@ Every ``/internal`` request carries ``Authorization: Bearer <SIDECAR_SERVICE_TOK
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SkipValidation
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SkipValidation,
+    model_validator,
+)
 
-from billing.pricing import MAX_CALL_ID_CHARS, MAX_QUANTITY
+from billing.agent_profile import AgentProfile
+from billing.pricing import MAX_CALL_ID_CHARS, MAX_QUANTITY, CallFacts
 from storage.models import RowId, UsageKind
 
 ADMISSIONS_PATH = "/internal/admissions"
 BILLING_EVENTS_PATH = "/internal/billing-events"
 WORKER_HEARTBEAT_PATH = "/internal/workers/heartbeat"
 MAX_EVENTS_PER_BATCH = 500
+
+
+def agent_profile_path(agent_id: int) -> str:
+    """Where the worker fetches an agent's profile (``GET``; answers :class:`AgentProfileOut`)."""
+    return f"/internal/agents/{agent_id}/profile"
 
 
 def lease_path(lease_id: str) -> str:
@@ -65,6 +79,52 @@ class LeaseOut(BaseModel):
 
 
 _LARGEST_QUANTITY = max(MAX_QUANTITY.values())
+_MASKED_OR_E164 = r"^[+*0-9]{1,32}$"
+
+
+class CallFactsIn(BaseModel):
+    """The call an event belongs to, for its row in ``calls`` (see ``CallFacts``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    started_at: AwareDatetime
+    caller_number_masked: str | None = Field(default=None, pattern=_MASKED_OR_E164)
+    """Masked by the worker (``+*******4567``); the sidecar never sees a caller's number."""
+    dialled_number: str | None = Field(default=None, pattern=r"^\+?[0-9]{1,31}$")
+    ended_at: AwareDatetime | None = None
+    status: Literal["ended", "failed"] | None = None
+
+    @model_validator(mode="after")
+    def _ended_together(self) -> CallFactsIn:
+        if (self.ended_at is None) != (self.status is None):
+            raise ValueError("ended_at and status come together")
+        if self.ended_at is not None and self.ended_at < self.started_at:
+            raise ValueError("a call cannot end before it started")
+        return self
+
+    @classmethod
+    def from_facts(cls, facts: CallFacts) -> CallFactsIn:
+        def at(t: float | None) -> datetime | None:
+            return None if t is None else datetime.fromtimestamp(t, UTC)
+
+        return cls.model_validate(
+            {
+                "started_at": at(facts.started_at),
+                "caller_number_masked": facts.caller_number_masked,
+                "dialled_number": facts.dialled_number,
+                "ended_at": at(facts.ended_at),
+                "status": facts.status,
+            }
+        )
+
+    def to_facts(self) -> CallFacts:
+        return CallFacts(
+            started_at=self.started_at.timestamp(),
+            caller_number_masked=self.caller_number_masked,
+            dialled_number=self.dialled_number,
+            ended_at=self.ended_at.timestamp() if self.ended_at else None,
+            status=self.status,
+        )
 
 
 class BillingEventIn(BaseModel):
@@ -76,6 +136,11 @@ class BillingEventIn(BaseModel):
         default=None,
         description="The agent that answered the call: recorded on the call when the "
         "call is new to the sidecar and the agent is the organisation's.",
+    )
+    call: CallFactsIn | None = Field(
+        default=None,
+        description="The call's facts: recorded on its row (a new call's start, caller and "
+        "number; the last events' end and status).",
     )
     quantity: Annotated[
         int,
@@ -122,3 +187,11 @@ class WorkerHeartbeatOut(BaseModel):
     """Workers this sidecar process heard from recently, this one included."""
     shared_leases: bool
     """False without Redis: leases are per sidecar process."""
+
+
+class AgentProfileOut(BaseModel):
+    """An agent's profile, as the worker runs it."""
+
+    agent_id: int
+    organisation_id: int
+    profile: AgentProfile

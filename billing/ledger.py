@@ -47,6 +47,7 @@ from billing.pricing import (
     MAX_BALANCE_MINOR,
     MAX_BLOCK_PRICE_MINOR,
     MAX_CALL_ID_CHARS,
+    CallFacts,
     EventDraft,
     block_price_minor,
     check_quantity,
@@ -69,8 +70,10 @@ from storage.models import (
 log = logging.getLogger(__name__)
 
 CALL_STATUS_BILLED = "ended"
-"""Status of a ``calls`` row the ledger creates because usage arrived for a call the
-database has not seen (usage is metered at the end of a call)."""
+"""Status of a ``calls`` row the ledger creates for events that say nothing of their call
+(events from workers before call facts were sent were metered at the call's end)."""
+CALL_STATUS_ACTIVE = "active"
+"""Status of a ``calls`` row created from events whose call has not ended yet."""
 
 
 # column lengths in storage.models, checked here so both databases refuse the same input
@@ -205,7 +208,8 @@ def _apply_unknown(session: Session, drafts: list[EventDraft], actor: str) -> li
         outcomes = _price_under_lock(session, organisations, drafts)
         accepted = [o.event for o in outcomes if o.created and o.event is not None]
         agents = _call_agents(session, drafts)
-        if not accepted or _insert_events(session, accepted, agents):
+        facts = _call_facts([d for d, o in zip(drafts, outcomes, strict=True) if o.created])
+        if not accepted or _insert_events(session, accepted, agents, facts):
             break
         # lost a race to another organisation's transaction: look again
     else:
@@ -356,24 +360,84 @@ def _call_agents(session: Session, drafts: list[EventDraft]) -> dict[str, int]:
     return agents
 
 
-def _insert_events(session: Session, events: list[BillingEvent], agents: dict[str, int]) -> bool:
-    """Insert the unknown calls (with their agents) and the events in one SAVEPOINT, each
-    in one bulk statement; False, with it rolled back, if another transaction took one of
-    the keys or call ids meanwhile."""
+def _call_facts(drafts: list[EventDraft]) -> dict[str, CallFacts]:
+    """Per call, what its events say of it; an event that reports the end wins."""
+    facts: dict[str, CallFacts] = {}
+    for draft in drafts:
+        if draft.call is not None and (
+            draft.call_id not in facts or draft.call.ended_at is not None
+        ):
+            facts[draft.call_id] = draft.call
+    return facts
+
+
+def _call_row(
+    call_id: str, org_id: int, agent_id: int | None, facts: CallFacts | None
+) -> dict[str, Any]:
+    if facts is None:
+        return {
+            "id": call_id,
+            "organisation_id": org_id,
+            "agent_id": agent_id,
+            "status": CALL_STATUS_BILLED,
+            "started_at": datetime.now(UTC),
+            "caller_number_masked": None,
+            "dialled_number": None,
+            "ended_at": None,
+        }
+    return {"id": call_id, "organisation_id": org_id, "agent_id": agent_id,
+            "status": facts.status or CALL_STATUS_ACTIVE,
+            "started_at": datetime.fromtimestamp(facts.started_at, UTC),
+            "caller_number_masked": facts.caller_number_masked,
+            "dialled_number": facts.dialled_number,
+            "ended_at": _utc(facts.ended_at)}  # fmt: skip
+
+
+def _utc(t: float | None) -> datetime | None:
+    return None if t is None else datetime.fromtimestamp(t, UTC)
+
+
+def _record_call_ends(session: Session, facts: dict[str, CallFacts], calls: dict[str, int]) -> None:
+    """Calls already in the database whose events now report their end (or, for a row
+    made before the facts arrived, their caller and number)."""
+    for call_id, call in sorted(facts.items()):
+        values: dict[str, Any] = {
+            "caller_number_masked": func.coalesce(
+                col(Call.caller_number_masked), call.caller_number_masked
+            ),
+            "dialled_number": func.coalesce(col(Call.dialled_number), call.dialled_number),
+        }
+        if call.ended_at is not None:
+            values |= {"ended_at": _utc(call.ended_at), "status": call.status}
+        session.exec(
+            update(Call)
+            .where(col(Call.id) == call_id, col(Call.organisation_id) == calls[call_id])
+            .values(**values)
+        )
+
+
+def _insert_events(
+    session: Session,
+    events: list[BillingEvent],
+    agents: dict[str, int],
+    facts: dict[str, CallFacts],
+) -> bool:
+    """Insert the unknown calls (with their agents and facts) and the events in one
+    SAVEPOINT, each in one bulk statement, and record the ends of known calls; False,
+    with it rolled back, if another transaction took one of the keys or call ids
+    meanwhile."""
     calls = {event.call_id: event.organisation_id for event in events}
     with session.begin_nested() as savepoint:
         # asked for inside the block: that is what emits the SAVEPOINT (lazily); a
         # connection taken before would run these statements outside it
         connection = session.connection()
-        now = datetime.now(UTC)
         connection.execute(
             _insert_ignoring_conflicts(session, Call),
             [
-                {"id": call_id, "organisation_id": org_id, "agent_id": agents.get(call_id),
-                 "status": CALL_STATUS_BILLED, "started_at": now}
+                _call_row(call_id, org_id, agents.get(call_id), facts.get(call_id))
                 for call_id, org_id in sorted(calls.items())
             ],
-        )  # fmt: skip
+        )
         owners = _call_owners(session, set(calls))
         inserted: dict[str, int] = {}
         if all(owners.get(call_id) == org_id for call_id, org_id in calls.items()):
@@ -387,6 +451,7 @@ def _insert_events(session: Session, events: list[BillingEvent], agents: dict[st
         if len(inserted) != len(events):
             savepoint.rollback()
             return False
+        _record_call_ends(session, {c: f for c, f in facts.items() if c in calls}, calls)
     for event in events:
         event.id = inserted[event.idempotency_key]
     return True

@@ -69,6 +69,20 @@ class UsageLine:
 
 
 @dataclass(frozen=True)
+class CallFacts:
+    """What a call's events tell the sidecar about the call itself, for its row in
+    ``calls``: who called (masked), which number, when it started and, on the call's last
+    events, when and how it ended. Times are unix seconds."""
+
+    started_at: float
+    caller_number_masked: str | None = None
+    dialled_number: str | None = None
+    ended_at: float | None = None
+    status: str | None = None
+    """On the last events: ``ended`` (hung up, or the agent ended it) or ``failed``."""
+
+
+@dataclass(frozen=True)
 class EventDraft:
     """A billing event before it is priced and applied: what the worker's outbox stores and
     the sidecar receives. ``idempotency_key`` identifies it for ever."""
@@ -80,6 +94,7 @@ class EventDraft:
     quantity: int
     agent_id: int | None = None
     """The agent that answered the call; the sidecar records it on a call it creates."""
+    call: CallFacts | None = None
 
 
 def block_price_minor(plan: Plan, kind: UsageKind) -> int:
@@ -126,8 +141,12 @@ def usage_events(
     sequence: int,
     *,
     agent_id: int | None = None,
+    call: CallFacts | None = None,
+    keep_zero: bool = False,
 ) -> list[EventDraft]:
-    """One :class:`EventDraft` per non-zero usage line, keyed ``{call_id}:{kind}:{sequence}``.
+    """One :class:`EventDraft` per non-zero usage line (every line with ``keep_zero``: a
+    call's end must reach the sidecar even when nothing new was used), keyed
+    ``{call_id}:{kind}:{sequence}``.
 
     The key is deterministic: the same call, kind and sequence number always make the same
     key, so re-sending a sequence bills nothing twice. Raises ValueError for an empty or too
@@ -149,9 +168,10 @@ def usage_events(
             kind=line.kind,
             quantity=line.quantity,
             agent_id=agent_id,
+            call=call,
         )
         for line in usage
-        if line.quantity > 0
+        if line.quantity > 0 or keep_zero
     ]
 
 

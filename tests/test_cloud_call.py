@@ -12,9 +12,9 @@ import pytest
 from pydantic import SecretStr
 
 from agent.pipeline import load_vad
+from agent.profile import builtin_profile
 from agent.settings import Settings
 from agent.simulate import SimulationOptions, simulate_call
-from agent.support_agent import GREETING
 from agent.wav_io import load_caller_audio
 from tests.loopback.deepgram_server import DeepgramServer
 from tests.loopback.elevenlabs_server import ElevenLabsServer
@@ -23,6 +23,8 @@ from tests.loopback.openai_server import OpenAIServer, ToolCallScript
 SAMPLE_WAV = Path(__file__).parent / "data" / "sample.wav"
 CALLER_SAYS = "my internet is down in springfield"
 REPLY = ["Yes, there is an outage in Springfield.", " Service should be back by 1 pm."]
+
+GREETING = builtin_profile().greeting
 
 
 @pytest.mark.slow

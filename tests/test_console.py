@@ -23,7 +23,7 @@ import pytest
 import soundfile as sf
 import soxr
 
-from agent.support_agent import GREETING
+from agent.profile import builtin_profile
 from tests.hearing import share_of_words_heard, transcribe
 from tests.pulse import MIC_SINK, SPEAKER_SINK, pid_alive
 
@@ -52,6 +52,8 @@ INTRODUCED_NAME = re.compile(r"\b(?:this is|my name is|i am|i'm)\s+((?-i:[A-Z][a
 # livekit-agents logs each chat item at DEBUG once it has been played out (console only)
 ASSISTANT_ITEM = re.compile(r'conversation_item_added\s*\{"role":\s*"assistant"')
 CHAT_ITEM = re.compile(r"conversation_item_added\s*(\{.*\})")
+
+GREETING = builtin_profile().greeting
 
 
 class Tmux:

@@ -5,16 +5,17 @@ from __future__ import annotations
 import pytest
 from livekit.agents import AgentSession, llm
 
-from agent.support_agent import SUPPORT_POLICY, SupportAgent
+from agent.profile import builtin_profile, dialogue_policy
+from agent.tools import ProfileAgent
+from billing.agent_profile import TOOL_NAMES
 from plugins.dialogue_llm import DialogueLLM, decide, spoken_digits
 
-ALL_TOOLS = {
-    "check_outage",
-    "lookup_account",
-    "billing_summary",
-    "create_ticket",
-    "transfer_to_human",
-}
+SUPPORT_POLICY = dialogue_policy(builtin_profile())
+ALL_TOOLS = set(TOOL_NAMES)
+
+
+def SupportAgent() -> ProfileAgent:  # noqa: N802 - reads as the agent it builds
+    return ProfileAgent(builtin_profile(), greet=False)
 
 
 def convo(*turns: tuple[str, str]) -> list[llm.ChatItem]:
@@ -139,6 +140,11 @@ def test_transfer_request_passes_the_callers_words_as_reason():
     assert d.tool_arguments == {"reason": "Let me talk to a real person please"}
 
 
+def test_goodbye_ends_the_call_with_the_profiles_goodbye():
+    d = decide(SUPPORT_POLICY, convo(("user", "Goodbye.")), ALL_TOOLS)
+    assert d.tool_name == "end_call" and d.tool_arguments == {}
+
+
 @pytest.mark.parametrize(
     ("utterance", "expected"),
     [
@@ -146,7 +152,6 @@ def test_transfer_request_passes_the_callers_words_as_reason():
         ("Hello?", "How can I help you today?"),
         ("Oh, hello. I didn't know you were there.", "How can I help you today?"),
         ("Thank you so much.", "anything else"),
-        ("Goodbye.", "Goodbye!"),
         ("I'm originally from Chicago also.", "I can't help with that."),
         ("ask not what your country can do for you", "I can't help with that."),
     ],

@@ -6,7 +6,7 @@ from livekit.agents.metrics import LLMModelUsage, STTModelUsage, TTSModelUsage
 from livekit.agents.voice.agent_session import AgentSessionUsage
 
 from agent.metering import CallMeter
-from billing.outbox import Outbox
+from agent.outbox import Outbox
 from storage.models import UsageKind
 
 

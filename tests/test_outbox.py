@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from agent.outbox import Outbox, OutboxSender, backoff_s
 from billing.api.app import create_app
 from billing.config import SidecarConfig
 from billing.ledger import balance_minor
-from billing.outbox import Outbox, OutboxSender, backoff_s
 from billing.pricing import EventDraft
 from storage.db import session_scope
 from storage.models import UsageKind
@@ -211,7 +211,7 @@ def test_events_are_on_disk_when_add_returns_even_if_the_process_dies(tmp_path):
     script = (
         "import os, sys\n"
         "from pathlib import Path\n"
-        "from billing.outbox import Outbox\n"
+        "from agent.outbox import Outbox\n"
         "from billing.pricing import EventDraft\n"
         "from storage.models import UsageKind\n"
         "box = Outbox(Path(sys.argv[1]))\n"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from livekit.agents import Agent
 
+from agent.call import refusal_session, say_refusal
 from agent.settings import Settings
 from agent.wav_io import CapturedAudioOutput
-from agent.worker import refusal_session, say_refusal
 from tests.hearing import share_of_words_heard, transcribe
 
 

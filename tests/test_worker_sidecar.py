@@ -7,12 +7,6 @@ from __future__ import annotations
 import pytest
 
 from agent.admission import (
-    ADMISSION_ATTR,
-    AGENT_ATTR,
-    LEASE_ATTR,
-    MESSAGE_ATTR,
-    ORG_ATTR,
-    REASON_ATTR,
     CallIdentity,
     LeaseKeeper,
     make_request_handler,
@@ -47,23 +41,23 @@ async def test_second_call_is_refused_until_the_first_releases(
         first = FakeJobRequest(FakeJob("call-1", meta))
         await handler(first)
         assert first.accepted is not None
-        assert first.accepted[ADMISSION_ATTR] == "admitted"
-        assert first.accepted[ORG_ATTR] == str(one_call_org)
-        lease = first.accepted[LEASE_ATTR]
+        assert first.decision.status == "admitted"
+        assert first.decision.organisation_id == one_call_org
+        lease = first.decision.lease_id
         assert await client.heartbeat(lease)
 
         second = FakeJobRequest(FakeJob("call-2", meta))
         await handler(second)
         assert second.accepted is not None
-        assert second.accepted[ADMISSION_ATTR] == "refused"
-        assert second.accepted[REASON_ATTR] == "concurrent_calls_limit"
-        assert second.accepted[MESSAGE_ATTR]
+        assert second.decision.status == "refused"
+        assert second.decision.reason == "concurrent_calls_limit"
+        assert second.decision.message
 
         await client.release(lease)
         assert not await client.heartbeat(lease)
         third = FakeJobRequest(FakeJob("call-3", meta))
         await handler(third)
-        assert third.accepted is not None and third.accepted[ADMISSION_ATTR] == "admitted"
+        assert third.accepted is not None and third.decision.status == "admitted"
         await client.aclose()
 
 
@@ -76,7 +70,7 @@ async def test_wrong_service_token_is_treated_as_unavailable(
         req = FakeJobRequest(FakeJob("call-1", f'{{"organisation_id": {one_call_org}}}'))
         await make_request_handler(Settings(admission_fail_open=False), client)(req)
         await client.aclose()
-    assert req.accepted is not None and req.accepted[REASON_ATTR] == "billing_unavailable"
+    assert req.accepted is not None and req.decision.reason == "billing_unavailable"
 
 
 async def test_a_lost_lease_is_taken_again_and_counts_against_new_calls(
@@ -93,22 +87,20 @@ async def test_a_lost_lease_is_taken_again_and_counts_against_new_calls(
         meta = f'{{"organisation_id": {one_call_org}}}'
         live = FakeJobRequest(FakeJob("live", meta))
         await handler(live)
-        assert live.accepted is not None and live.accepted[ADMISSION_ATTR] == "admitted"
+        assert live.accepted is not None and live.decision.status == "admitted"
         lease = f"{one_call_org}:live"
         keeper = LeaseKeeper(client, CallIdentity("live", one_call_org, None, None), lease)
 
         await asyncio.sleep(0.5)  # the lease expires
         other = FakeJobRequest(FakeJob("other", meta))
         await handler(other)  # and its slot goes to another call
-        assert other.accepted is not None and other.accepted[ADMISSION_ATTR] == "admitted"
+        assert other.accepted is not None and other.decision.status == "admitted"
 
         await keeper.tick()
         assert keeper.lease_id == lease and await client.heartbeat(lease)
         third = FakeJobRequest(FakeJob("third", meta))
         await handler(third)
-        assert third.accepted is not None and third.accepted[REASON_ATTR] == (
-            "concurrent_calls_limit"
-        )
+        assert third.accepted is not None and third.decision.reason == ("concurrent_calls_limit")
 
         await keeper.release()
         assert keeper.lease_id is None and not await client.heartbeat(lease)
@@ -238,8 +230,8 @@ async def test_a_call_found_by_its_agent_or_number_is_metered_to_its_organisatio
         request = FakeJobRequest(FakeJob("call-by-agent", meta))
         await handler(request)
         assert request.accepted is not None
-        assert request.accepted[ADMISSION_ATTR] == "admitted"
-        assert request.accepted[ORG_ATTR] == str(org_id)
-        assert request.accepted[AGENT_ATTR] == str(agent_id)
-        await client.release(request.accepted[LEASE_ATTR])
+        assert request.decision.status == "admitted"
+        assert request.decision.organisation_id == org_id
+        assert request.decision.agent_id == agent_id
+        await client.release(request.decision.lease_id)
         await client.aclose()

@@ -60,7 +60,8 @@ def apply_billing_events(
         except ValidationError as exc:
             results[i] = _invalid(raw, exc)
             continue
-        drafts.append(EventDraft(**event.model_dump()))
+        fields = event.model_dump(exclude={"call"})
+        drafts.append(EventDraft(**fields, call=event.call.to_facts() if event.call else None))
         positions.append(i)
     outcomes = apply_event_batch(session, drafts, actor=SYSTEM_ACTOR)
     session.commit()

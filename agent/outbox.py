@@ -26,7 +26,12 @@ from typing import Literal
 import httpx
 from pydantic import ValidationError
 
-from billing.internal_api import BILLING_EVENTS_PATH, BillingEventResult, BillingEventsOut
+from billing.internal_api import (
+    BILLING_EVENTS_PATH,
+    BillingEventResult,
+    BillingEventsOut,
+    CallFactsIn,
+)
 from billing.pricing import EventDraft
 from storage.models import UsageKind
 
@@ -361,6 +366,8 @@ def _as_json(draft: EventDraft) -> dict[str, object]:
     }
     if draft.agent_id is not None:
         body["agent_id"] = draft.agent_id
+    if draft.call is not None:
+        body["call"] = CallFactsIn.from_facts(draft.call).model_dump(mode="json")
     return body
 
 
@@ -377,4 +384,5 @@ def _decode(payload: str) -> EventDraft:
         kind=UsageKind(fields["kind"]),
         quantity=int(fields["quantity"]),
         agent_id=fields.get("agent_id"),  # absent in events queued before agents were sent
+        call=CallFactsIn.model_validate(fields["call"]).to_facts() if fields.get("call") else None,
     )

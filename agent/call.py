@@ -1,0 +1,241 @@
+"""One call: the only place a call identity, an admission decision and an agent profile
+become a running session. The worker's job (a room, console included) and ``simulate``
+(a recording) both run calls through :class:`Call`.
+
+    identity + decision + profile
+        -> Call.start: session (agent.pipeline) + ProfileAgent (greets on enter)
+                       + meter (usage -> outbox) + lease keeper (heartbeats)
+        -> ... the conversation ...
+        -> Call.aclose, on every exit (hang-up, end_call, error, shutdown), in this order:
+           stop speaking and close the session, final usage -> outbox (with the call's
+           end), release the lease, close the models and the sidecar client.
+
+A refused call is still a call: the caller hears why (uninterruptible) and it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from livekit import rtc
+from livekit.agents import Agent, AgentSession, vad
+from livekit.agents.voice import events
+from livekit.agents.voice.io import AudioInput, AudioOutput
+
+from agent.admission import AdmissionDecision, CallIdentity, LeaseKeeper
+from agent.logs import call_id_var, mask_phone
+from agent.metering import CallMeter
+from agent.outbox import Outbox
+from agent.pipeline import build_session, build_tts, stage_settings
+from agent.settings import Settings
+from agent.sidecar_client import SidecarClient
+from agent.tools import ProfileAgent
+from billing.agent_profile import AgentProfile
+from billing.pricing import CallFacts
+
+log = logging.getLogger("agent.call")
+
+METERED = ("admitted", "unleased")
+"""Decisions whose calls are billed (``unmetered``: no sidecar; ``refused``: not taken)."""
+
+
+class Call:
+    """A call from admission to teardown. Owns its session, models, meter, lease keeper
+    and sidecar client; :meth:`aclose` is safe to call more than once and from any exit
+    path."""
+
+    def __init__(
+        self,
+        identity: CallIdentity,
+        decision: AdmissionDecision,
+        profile: AgentProfile,
+        *,
+        settings: Settings,
+        vad_model: vad.VAD,
+        sidecar: SidecarClient | None = None,
+        caller_number: str | None = None,
+        on_ended: Callable[[str], None] | None = None,
+    ) -> None:
+        self.identity = identity
+        self.decision = decision
+        self.profile = profile
+        self._settings = settings
+        self._vad = vad_model
+        self._sidecar = sidecar
+        self.caller_number_masked = mask_phone(caller_number) if caller_number else None
+        self._on_ended = on_ended
+        """Told the final status once the call has ended (the worker shuts its job down)."""
+        self.started_at = time.time()
+        self.session_started_at = self.started_at
+        """When the session started (models built): the origin of the call's timeline."""
+        self.session: AgentSession | None = None
+        self.agent: Agent | None = None
+        self._meter: CallMeter | None = None
+        self._keeper: LeaseKeeper | None = None
+        self._keeper_task: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
+        self.status: str | None = None
+        self.ended = asyncio.Event()
+        """Set once :meth:`aclose` has finished."""
+
+    @property
+    def call_id(self) -> str:
+        return self.identity.call_id
+
+    def facts(self) -> CallFacts:
+        """What the billing events say of this call (its row in the sidecar's ``calls``)."""
+        return CallFacts(
+            started_at=self.started_at,
+            caller_number_masked=self.caller_number_masked,
+            dialled_number=self.identity.dialled_number,
+        )
+
+    async def start(
+        self,
+        *,
+        room: rtc.Room | None = None,
+        audio_input: AudioInput | None = None,
+        audio_output: AudioOutput | None = None,
+        greet: bool = True,
+    ) -> None:
+        """Build and start the session: in ``room``, or on the given audio (``simulate``).
+        A refused call says why and ends here."""
+        call_id_var.set(self.call_id)
+        if self.decision.refused:
+            await self._refuse(room, audio_input, audio_output)
+            return
+        self.session = session = build_session(self._settings, self._vad, self.profile)
+        if audio_input is not None:
+            session.input.audio = audio_input
+        if audio_output is not None:
+            session.output.audio = audio_output
+        self.agent = ProfileAgent(self.profile, greet=greet)
+        self._start_metering(session)
+        self._start_lease_keeping()
+        session.on("close", self._on_session_close)
+        self.session_started_at = time.time()
+        if room is not None:
+            await session.start(agent=self.agent, room=room)
+        else:
+            await session.start(self.agent, record=False)
+        log.info(
+            "call started",
+            extra={
+                "agent": self.profile.name,
+                "agent_id": self.decision.agent_id,
+                "admission": self.decision.status,
+                "caller": self.caller_number_masked,
+                "dialled_number": mask_phone(self.identity.dialled_number or ""),
+            },
+        )
+
+    async def aclose(self, status: str = "ended") -> None:
+        """Tear the call down (see the module docstring for the order). ``status``:
+        ``ended`` or ``failed``, what the call's row says; the first close decides."""
+        if self._closing is None:
+            self._closing = asyncio.create_task(self._teardown(status), name="call-teardown")
+        await asyncio.shield(self._closing)
+
+    async def _teardown(self, status: str) -> None:
+        self.status = status
+        session = self.session
+        try:
+            if session is not None:
+                with contextlib.suppress(Exception):
+                    await session.interrupt(force=True)
+                await session.aclose()
+            if self._meter is not None:
+                try:
+                    await self._meter.close(status=status)
+                except Exception:
+                    log.exception("final metering failed; the usage is lost for this call")
+            if self._keeper is not None:
+                if self._keeper_task is not None:
+                    self._keeper_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await self._keeper_task
+                await self._keeper.release()
+            if session is not None:
+                # the session does not own its models: close their connections here
+                for model in (session.stt, session.llm, session.tts):
+                    if model is not None:
+                        await model.aclose()
+            if self._sidecar is not None:
+                await self._sidecar.aclose()
+        finally:
+            log.info(
+                "call ended",
+                extra={"status": status, "duration_s": round(time.time() - self.started_at, 3)},
+            )
+            self.ended.set()
+            if self._on_ended is not None:
+                self._on_ended(status)
+
+    def _on_session_close(self, ev: events.CloseEvent) -> None:
+        # the caller hung up, the agent ended the call, or a model failed for good
+        status = "failed" if ev.error is not None else "ended"
+        if ev.error is not None:
+            log.error("call ended by an error", extra={"error": str(ev.error)})
+        task = asyncio.get_running_loop().create_task(self.aclose(status))
+        task.add_done_callback(_log_failure)
+
+    def _start_metering(self, session: AgentSession) -> None:
+        org = self.decision.organisation_id
+        if self.decision.status not in METERED or org is None:
+            return
+        self._meter = CallMeter(
+            Outbox(self._settings.outbox_path),
+            call_id=self.call_id,
+            organisation_id=org,
+            agent_id=self.decision.agent_id,
+            usage=lambda: session.usage,
+            call_facts=self.facts,
+        )
+        self._meter.start()
+
+    def _start_lease_keeping(self) -> None:
+        if self._sidecar is None or self.decision.status not in METERED:
+            return
+        self._keeper = LeaseKeeper(self._sidecar, self.identity, self.decision.lease_id)
+        self._keeper_task = asyncio.create_task(self._keeper.run(), name="lease-keeper")
+
+    async def _refuse(
+        self,
+        room: rtc.Room | None,
+        audio_input: AudioInput | None,
+        audio_output: AudioOutput | None,
+    ) -> None:
+        self.session = session = refusal_session(stage_settings(self._settings, self.profile))
+        if audio_input is not None:
+            session.input.audio = audio_input
+        if audio_output is not None:
+            session.output.audio = audio_output
+        agent = Agent(instructions="")
+        self.session_started_at = time.time()
+        if room is not None:
+            await session.start(agent=agent, room=room)
+        else:
+            await session.start(agent, record=False)
+        await say_refusal(session, self.decision.message or "")
+        await self.aclose("refused")
+
+
+def refusal_session(settings: Settings) -> AgentSession:
+    """A voice-only session for a refused call: no STT or LLM, so it costs nothing."""
+    return AgentSession(tts=build_tts(settings))
+
+
+async def say_refusal(session: AgentSession, message: str) -> None:
+    """On a started session: say why the call cannot be taken, uninterruptible, and wait
+    until it was heard."""
+    await session.say(message, allow_interruptions=False).wait_for_playout()
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("call teardown failed", exc_info=task.exception())

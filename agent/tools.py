@@ -1,0 +1,111 @@
+"""The function tools the worker offers, and the agent a profile becomes.
+
+:class:`CallTools` implements every name in ``billing.agent_profile.TOOL_NAMES`` (a test
+holds the two to each other); a profile grants a subset, and :class:`ProfileAgent` gets
+exactly those. The same tools serve every LLM tier: a cloud LLM reads their descriptions,
+the embedded dialogue engine calls them by name from the profile's dialogue section.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from livekit.agents import Agent, RunContext, function_tool
+from livekit.agents.llm import FunctionTool, RawFunctionTool, find_function_tools
+
+from agent.support_desk import SupportDesk
+from billing.agent_profile import AgentProfile
+
+log = logging.getLogger("agent.tools")
+
+
+class CallTools:
+    """One call's tools. The support desk's answer from its (demo) back office."""
+
+    def __init__(self, profile: AgentProfile, desk: SupportDesk | None = None) -> None:
+        self._profile = profile
+        self.desk = desk or SupportDesk()
+
+    def granted(self) -> list[FunctionTool | RawFunctionTool]:
+        """The tools ``profile.tools`` names, bound to this call."""
+        by_name = {tool.info.name: tool for tool in find_function_tools(self)}
+        return [by_name[name] for name in self._profile.tools]
+
+    @function_tool
+    async def check_outage(self, context: RunContext, area: str) -> str:
+        """Check whether there is a known service outage in an area.
+
+        Args:
+            area: The caller's town name or five-digit ZIP code.
+        """
+        return self.desk.check_outage(area)
+
+    @function_tool
+    async def lookup_account(self, context: RunContext, account_number: str) -> str:
+        """Look up a customer account: holder, plan and status.
+
+        Args:
+            account_number: The account number, digits only.
+        """
+        return self.desk.lookup_account(account_number)
+
+    @function_tool
+    async def billing_summary(self, context: RunContext, account_number: str) -> str:
+        """Get the balance due, due date and last payment of an account.
+
+        Args:
+            account_number: The account number, digits only.
+        """
+        return self.desk.billing_summary(account_number)
+
+    @function_tool
+    async def create_ticket(self, context: RunContext, summary: str) -> str:
+        """Open a repair ticket; a technician calls the customer back.
+
+        Args:
+            summary: The problem in the caller's words.
+        """
+        return self.desk.create_ticket(summary)
+
+    @function_tool
+    async def transfer_to_human(self, context: RunContext, reason: str) -> str:
+        """Transfer the caller to a human agent.
+
+        Args:
+            reason: Why the caller wants a person, in their words.
+        """
+        # No live transfer target yet (SIP transfer is its own issue): a person calls back.
+        log.info("transfer requested", extra={"reason": reason})
+        return self.desk.request_callback(reason)
+
+    @function_tool
+    async def end_call(self, context: RunContext) -> str:
+        """End the call once the caller is done (they said goodbye, or have nothing more).
+        The agent says goodbye; do not say anything else."""
+        # the goodbye is this turn's reply: hang up once it has been heard (a drained
+        # shutdown lets it play out); the call object tears the rest down
+        context.speech_handle.add_done_callback(lambda _: context.session.shutdown())
+        return self._profile.goodbye
+
+
+class ProfileAgent(Agent):
+    """The agent a profile describes: its instructions and its granted tools. It greets
+    when it enters the session (livekit's ``on_enter``) unless told not to."""
+
+    def __init__(
+        self, profile: AgentProfile, *, tools: CallTools | None = None, greet: bool = True
+    ) -> None:
+        self.profile = profile
+        self.call_tools = tools or CallTools(profile)
+        self._greet = greet
+        self.greeted = asyncio.Event()
+        """Set once the greeting has been played out (or cut off), or at once without one."""
+        super().__init__(instructions=profile.instructions, tools=list(self.call_tools.granted()))
+
+    async def on_enter(self) -> None:
+        if not self._greet:
+            self.greeted.set()
+            return
+        handle = self.session.say(self.profile.greeting)
+        handle.add_done_callback(lambda _: self.greeted.set())
