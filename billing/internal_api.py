@@ -30,7 +30,7 @@ WORKER_HEARTBEAT_PATH = "/internal/workers/heartbeat"
 MAX_EVENTS_PER_BATCH = 500
 
 
-def agent_profile_path(agent_id: int) -> str:
+def agent_profile_path(agent_id: int | str) -> str:
     """Where the worker fetches an agent's profile (``GET``; answers :class:`AgentProfileOut`)."""
     return f"/internal/agents/{agent_id}/profile"
 

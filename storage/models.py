@@ -124,6 +124,11 @@ class Agent(SQLModel, table=True):
     instructions: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     tools: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))
     """JSON list of the function tool names this agent may use."""
+    profile: str = Field(
+        default="{}", sa_column=Column(Text, nullable=False, default="{}", server_default="{}")
+    )
+    """JSON: the rest of its profile (greeting, goodbye, language, voices, providers,
+    dialogue; ``billing.agent_profile``)."""
     phone_number: str | None = Field(default=None, unique=True, max_length=32)
     """The dialled (trunk) number that reaches this agent over SIP, E.164."""
     max_concurrent_calls_per_number: int | None = None

@@ -121,12 +121,12 @@ def test_admins_assign_tools_and_agent_users_read_them(shared_sidecar: SidecarAp
     agent_id = seed.agent(org, agent_user.user_id)
     assigned = shared_sidecar.client.patch(
         f"/v1/agents/{agent_id}",
-        json={"tools": ["lookup_account", "open_ticket"]},
+        json={"tools": ["lookup_account", "create_ticket"]},
         headers=admin.headers,
     )
     assert assigned.status_code == 200
     seen = shared_sidecar.client.get(f"/v1/agents/{agent_id}", headers=agent_user.headers)
-    assert seen.json()["tools"] == ["lookup_account", "open_ticket"]
+    assert seen.json()["tools"] == ["lookup_account", "create_ticket"]
     refused = shared_sidecar.client.patch(
         f"/v1/agents/{agent_id}", json={"tools": []}, headers=agent_user.headers
     )

@@ -46,6 +46,7 @@ ROUTERS = (
     users.router,
     keys.router,
     agents.router,
+    agents.internal_router,
     calls.router,
     usage.router,
     balance.router,

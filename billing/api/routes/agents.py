@@ -1,6 +1,8 @@
-"""``/v1/agents``: voice agents. Admins manage all of the organisation's agents and alone
-assign tools, phone numbers and owners; agent users create and edit their own (and see
-only those); viewers read them all."""
+"""``/v1/agents``: voice agents and their profiles. Admins manage all of the organisation's
+agents and alone assign tools, phone numbers and owners; agent users create and edit their
+own (and see only those); viewers read them all. Every profile field is validated with the
+schema the worker runs (``billing.agent_profile``): an unknown tool, voice or provider, a
+regular expression that does not compile or a reply naming a slot it does not fill is 422."""
 
 from __future__ import annotations
 
@@ -9,13 +11,23 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, Field
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from billing.admission import QuotaExceeded, check_can_create_agent
+from billing.agent_profile import (
+    TOOL_NAMES,
+    AgentProfile,
+    Dialogue,
+    Providers,
+    Text,
+    ToolName,
+    Voices,
+)
 from billing.api.audit_trail import audit
 from billing.api.deps import (
     AgentEditor,
@@ -25,6 +37,7 @@ from billing.api.deps import (
     Offset,
     Principal,
     Resources,
+    ServiceCaller,
 )
 from billing.api.errors import (
     COMMON_RESPONSES,
@@ -35,18 +48,25 @@ from billing.api.errors import (
     Forbidden,
     NotFound,
 )
+from billing.internal_api import AgentProfileOut, agent_profile_path
 from storage.models import Agent, Call, Role, RowId, User
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"], responses=COMMON_RESPONSES)
+internal_router = APIRouter(
+    tags=["internal"], dependencies=[ServiceCaller], responses={401: {"model": ErrorBody}}
+)
 
 AgentId = RowId
 MAX_CALLS_PER_NUMBER = 100_000
-ToolName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 PhoneNumber = Annotated[str, Field(pattern=r"^\+[1-9][0-9]{6,14}$", description="E.164")]
 
 _ADMIN_ONLY_FIELDS = frozenset(
     {"tools", "phone_number", "max_concurrent_calls_per_number", "owner_user_id"}
 )
+PROFILE_FIELDS = ("greeting", "goodbye", "language", "voices", "providers", "dialogue")
+"""Stored together in ``agents.profile`` (JSON); name, instructions and tools have columns."""
+_PROFILE_KEYS = {"name", "instructions", "tools", *PROFILE_FIELDS}
+Language = Annotated[str, Field(pattern=r"^[a-z]{2}(-[A-Z]{2})?$")]
 
 
 class AgentOut(BaseModel):
@@ -55,6 +75,12 @@ class AgentOut(BaseModel):
     name: str
     instructions: str
     tools: list[str]
+    greeting: str
+    goodbye: str
+    language: str
+    voices: Voices
+    providers: Providers
+    dialogue: Dialogue | None
     phone_number: str | None
     max_concurrent_calls_per_number: int | None
     created_at: datetime
@@ -64,6 +90,12 @@ class AgentCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     instructions: str = Field(default="", max_length=20_000)
     tools: list[ToolName] = Field(default_factory=list, max_length=100)
+    greeting: Text | None = None
+    goodbye: Text | None = None
+    language: Language | None = None
+    voices: Voices | None = None
+    providers: Providers | None = None
+    dialogue: Dialogue | None = None
     phone_number: PhoneNumber | None = None
     max_concurrent_calls_per_number: int | None = Field(default=None, ge=1, le=MAX_CALLS_PER_NUMBER)
     owner_user_id: RowId | None = Field(default=None, description="Defaults to you.")
@@ -73,6 +105,14 @@ class AgentPatch(BaseModel):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     instructions: str | None = Field(default=None, max_length=20_000)
     tools: list[ToolName] | None = Field(default=None, max_length=100)
+    greeting: Text | None = None
+    goodbye: Text | None = None
+    language: Language | None = None
+    voices: Voices | None = None
+    providers: Providers | None = None
+    dialogue: Dialogue | None = Field(
+        default=None, description="``null`` removes it: the embedded engine's default offer."
+    )
     phone_number: PhoneNumber | None = None
     max_concurrent_calls_per_number: int | None = Field(default=None, ge=1, le=MAX_CALLS_PER_NUMBER)
     owner_user_id: RowId | None = None
@@ -112,12 +152,14 @@ def create_agent(
     except QuotaExceeded as exc:
         resources.metrics.quota_rejections.labels(exc.reason).inc()
         raise Conflict(exc.message, reason=exc.reason) from None
+    profile = checked_profile(body.model_dump(include=_PROFILE_KEYS, exclude_none=True))
     agent = Agent(
         organisation_id=principal.organisation_id,
         owner_user_id=owner_id,
-        name=body.name,
-        instructions=body.instructions,
-        tools=json.dumps(body.tools),
+        name=profile.name,
+        instructions=profile.instructions,
+        tools=json.dumps(profile.tools),
+        profile=_profile_json(profile),
         phone_number=body.phone_number,
         max_concurrent_calls_per_number=body.max_concurrent_calls_per_number,
     )
@@ -151,11 +193,17 @@ def patch_agent(
     # taken phone number would then fail outside _flush_or_conflict (a 500, not a 409)
     if "owner_user_id" in changed and body.owner_user_id is not None:
         _check_owner(session, principal, body.owner_user_id)
-    for field in ("name", "instructions"):
-        if field in changed and getattr(body, field) is not None:
-            setattr(agent, field, getattr(body, field))
-    if "tools" in changed:
-        agent.tools = json.dumps(body.tools or [])
+    # the whole profile as it would be after the change, validated before anything changes
+    merged = stored_profile(agent).model_dump()
+    for field, value in body.model_dump(include=_PROFILE_KEYS & changed).items():
+        if value is not None or field == "dialogue":  # dialogue: null removes it
+            merged[field] = value
+        elif field == "tools":
+            merged[field] = []
+    profile = checked_profile(merged)
+    agent.name, agent.instructions = profile.name, profile.instructions
+    agent.tools = json.dumps(profile.tools)
+    agent.profile = _profile_json(profile)
     if "phone_number" in changed:
         agent.phone_number = body.phone_number
     if "max_concurrent_calls_per_number" in changed:
@@ -180,6 +228,22 @@ def delete_agent(agent_id: AgentId, principal: AgentEditor, session: DbSession) 
     session.delete(agent)
     session.commit()
     return Response(status_code=204)
+
+
+@internal_router.get(
+    agent_profile_path("{agent_id}"),
+    response_model=AgentProfileOut,
+    responses=NOT_FOUND,
+    summary="An agent's profile, for the worker that answers its call",
+)
+def get_agent_profile(agent_id: AgentId, session: DbSession) -> AgentProfileOut:
+    agent = session.get(Agent, agent_id)
+    if agent is None:
+        raise NotFound(f"agent {agent_id} not found")
+    assert agent.id is not None
+    return AgentProfileOut(
+        agent_id=agent.id, organisation_id=agent.organisation_id, profile=stored_profile(agent)
+    )
 
 
 def _visible_agents(principal: Principal) -> SelectOfScalar[Agent]:
@@ -227,18 +291,53 @@ def _flush_or_conflict(session: Session) -> None:
         raise Conflict(PHONE_NUMBER_TAKEN, reason="phone_number_taken") from None
 
 
-def _out(agent: Agent) -> AgentOut:
-    assert agent.id is not None
+def checked_profile(fields: dict[str, object]) -> AgentProfile:
+    """The profile ``fields`` make, checked as a whole (an intent may only use a tool the
+    agent has); a 422 in FastAPI's validation shape when it is not valid."""
+    try:
+        return AgentProfile.model_validate(fields)
+    except ValidationError as exc:
+        issues = exc.errors(include_url=False, include_context=False, include_input=False)
+        raise RequestValidationError(
+            [{**issue, "loc": ("body", *issue["loc"])} for issue in issues]
+        ) from None
+
+
+def stored_profile(agent: Agent) -> AgentProfile:
+    """The agent's profile as stored. Rows written before a field was validated keep what
+    still validates: unknown tool names are dropped, an unreadable profile is the defaults."""
     try:
         tools = json.loads(agent.tools)
+        extra = json.loads(agent.profile or "{}")
     except ValueError:
-        tools = []
+        tools, extra = [], {}
+    known = [t for t in tools if t in TOOL_NAMES] if isinstance(tools, list) else []
+    base = {"name": agent.name, "instructions": agent.instructions, "tools": known}
+    try:
+        return AgentProfile.model_validate({**(extra if isinstance(extra, dict) else {}), **base})
+    except ValidationError:
+        return AgentProfile.model_validate(base)
+
+
+def _profile_json(profile: AgentProfile) -> str:
+    return profile.model_dump_json(include=set(PROFILE_FIELDS))
+
+
+def _out(agent: Agent) -> AgentOut:
+    assert agent.id is not None
+    profile = stored_profile(agent)
     return AgentOut(
         id=agent.id,
         owner_user_id=agent.owner_user_id,
         name=agent.name,
         instructions=agent.instructions,
-        tools=[str(t) for t in tools] if isinstance(tools, list) else [],
+        tools=list(profile.tools),
+        greeting=profile.greeting,
+        goodbye=profile.goodbye,
+        language=profile.language,
+        voices=profile.voices,
+        providers=profile.providers,
+        dialogue=profile.dialogue,
         phone_number=agent.phone_number,
         max_concurrent_calls_per_number=agent.max_concurrent_calls_per_number,
         created_at=agent.created_at,
