@@ -102,18 +102,22 @@ class Call:
         audio_input: AudioInput | None = None,
         audio_output: AudioOutput | None = None,
         greet: bool = True,
+        observe: Callable[[AgentSession], None] | None = None,
     ) -> None:
         """Build and start the session: in ``room``, or on the given audio (``simulate``).
-        A refused call says why and ends here."""
+        ``observe`` is given the session before it starts (to listen to its events). A
+        refused call says why and ends here."""
         call_id_var.set(self.call_id)
         if self.decision.refused:
-            await self._refuse(room, audio_input, audio_output)
+            await self._refuse(room, audio_input, audio_output, observe)
             return
         self.session = session = build_session(self._settings, self._vad, self.profile)
         if audio_input is not None:
             session.input.audio = audio_input
         if audio_output is not None:
             session.output.audio = audio_output
+        if observe is not None:
+            observe(session)
         self.agent = ProfileAgent(self.profile, greet=greet)
         self._start_metering(session)
         self._start_lease_keeping()
@@ -209,12 +213,15 @@ class Call:
         room: rtc.Room | None,
         audio_input: AudioInput | None,
         audio_output: AudioOutput | None,
+        observe: Callable[[AgentSession], None] | None,
     ) -> None:
         self.session = session = refusal_session(stage_settings(self._settings, self.profile))
         if audio_input is not None:
             session.input.audio = audio_input
         if audio_output is not None:
             session.output.audio = audio_output
+        if observe is not None:
+            observe(session)
         agent = Agent(instructions="")
         self.session_started_at = time.time()
         if room is not None:

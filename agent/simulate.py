@@ -169,10 +169,13 @@ async def simulate_call(
             caller_number=opts.caller_number,
         )
         try:
-            await call.start(audio_input=caller, audio_output=speaker, greet=opts.greeting)
-            if call.session is not None and not call.ended.is_set():
-                collector.attach(call.session)
-                activity.attach(call.session)
+            await call.start(
+                audio_input=caller,
+                audio_output=speaker,
+                greet=opts.greeting,
+                observe=lambda session: _observe(session, collector, activity),
+            )
+            if not call.ended.is_set():
                 assert isinstance(call.agent, ProfileAgent)
                 await call.agent.greeted.wait()
                 caller.play()
@@ -209,6 +212,11 @@ async def simulate_call(
     if settings.sidecar_url:
         report.billing_events_pending = await asyncio.to_thread(deliver_outbox, settings)
     return report, speaker.render(t0)
+
+
+def _observe(session: Any, collector: _EventCollector, activity: _ActivityTracker) -> None:
+    collector.attach(session)
+    activity.attach(session)
 
 
 def deliver_outbox(settings: Settings, *, max_rounds: int = 5) -> int:
