@@ -3,10 +3,16 @@ Piper), driven by caller recordings in real time, with no room and no sound card
 
 from __future__ import annotations
 
+import io
+import subprocess
+
 import numpy as np
 import pytest
+import soundfile as sf
+import soxr
 
 from agent.cli import cut_recording as cut
+from agent.profile import PROFILES_DIR, load_profile_file
 from agent.settings import Settings
 from agent.simulate import SimulationOptions, simulate_call
 from agent.wav_io import AGENT_SAMPLE_RATE_HZ
@@ -101,3 +107,39 @@ async def test_caller_barging_in_cuts_the_agent_off(vad_model, piper_caller):
     interrupted = [u for u in report.transcript if u.role == "agent" and u.interrupted]
     assert interrupted, report.to_json()
     assert report.tool_calls[-1]["name"] == "transfer_to_human"
+
+
+def espeak_phone_caller(text: str, voice: str = "en-us+m3") -> np.ndarray:
+    """A caller line in espeak-ng's voice (not the agent's Piper), band-limited to an 8 kHz
+    telephone line and back to 16 kHz, with a little line noise."""
+    wav = subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", "150", "--stdout", text], capture_output=True, check=True
+    ).stdout
+    data, rate = sf.read(io.BytesIO(wav), dtype="float32")
+    line = soxr.resample(soxr.resample(data, rate, 8_000), 8_000, 16_000)
+    noise = np.random.default_rng(7).normal(0, 0.003, len(line)).astype(np.float32)
+    return (np.clip(line + noise, -1, 1) * 32767).astype(np.int16)
+
+
+async def test_the_restaurant_profile_books_a_table_for_a_telephone_caller(vad_model):
+    """Another voice than the tests' usual one, on a telephone band: the restaurant's
+    greeting, then a booking with both details in one sentence."""
+    profile = load_profile_file(PROFILES_DIR / "restaurant.yaml")
+    caller = np.concatenate(
+        [
+            silence(0.5),
+            espeak_phone_caller("Hello. I would like to book a table for four people on Saturday."),
+            silence(1.0),
+        ]
+    )
+    report, _ = await simulate_call(
+        caller,
+        Settings(_env_file=None),  # type: ignore[call-arg]
+        vad_model,
+        options=SimulationOptions(quiet_after_s=1.5),
+        profile=profile,
+    )
+    said = agent_lines(report)
+    assert report.agent == profile.name and said[0] == profile.greeting
+    assert any(line.startswith("Perfect, a table for 4 on Saturday") for line in said), report
+    assert report.errors == [] and report.status == "ended"

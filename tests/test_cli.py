@@ -87,6 +87,11 @@ def test_output_path_is_a_directory(tmp_path: Path):
         ("simulate", "--input", "tests/data/sample.wav", "--start", "5", "--end", "2"),
         ("simulate", "--input", "tests/data/sample.wav", "--end", "31"),
         ("simulate", "--input", "tests/data/sample.wav", "--start", "-1"),
+        ("simulate", "--input", "tests/data/sample.wav", "--agent-id", "seven"),
+        ("simulate", "--input", "tests/data/sample.wav", "--agent-id", "2147483648"),
+        ("simulate", "--input", "tests/data/sample.wav", "--dialled-number", "555-0100"),
+        ("simulate", "--input", "tests/data/sample.wav", "--caller-number", "+0123"),
+        ("start", "--agent"),
     ],
     ids=[
         "unknown-flag",
@@ -97,6 +102,11 @@ def test_output_path_is_a_directory(tmp_path: Path):
         "end-before-start",
         "end-past-the-recording",
         "negative-start",
+        "agent-id-not-a-number",
+        "agent-id-past-32-bits",
+        "dialled-number-not-e164",
+        "caller-number-not-e164",
+        "agent-without-a-file",
     ],
 )
 def test_bad_usage_exits_2_with_one_line(args: tuple[str, ...]):
@@ -104,6 +114,20 @@ def test_bad_usage_exits_2_with_one_line(args: tuple[str, ...]):
     assert proc.returncode == 2
     line = one_error_line(proc)
     assert "--help" in line or "--start/--end" in line
+
+
+@pytest.mark.parametrize("command", ["simulate", "console", "start"])
+def test_a_bad_agent_profile_stops_the_command_naming_file_and_field(command: str, tmp_path: Path):
+    profile = tmp_path / "agent.yaml"
+    profile.write_text("name: Front desk\ntools: [open_safe]\n")
+    args = ("--input", str(DATA_DIR / "sample.wav")) if command == "simulate" else ("--text",)
+    env = {"LIVEKIT_URL": "ws://127.0.0.1:9", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s"}
+    proc = run_cli(
+        command, *args[: 2 if command != "start" else 0], "--agent", str(profile), env=env
+    )
+    assert proc.returncode == 1
+    line = one_error_line(proc)
+    assert str(profile) in line and "tools.0" in line
 
 
 @pytest.mark.parametrize("command", ["start", "connect"])
