@@ -94,7 +94,11 @@ async def entrypoint(ctx: JobContext) -> None:
         caller_number=caller_number,
         on_ended=on_ended,
     )
-    ctx.add_shutdown_callback(call.aclose)
+
+    async def hang_up() -> None:  # the job ends: the room closed, SIGTERM, or on_ended
+        await call.aclose()
+
+    ctx.add_shutdown_callback(hang_up)
     await call.start(room=ctx.room)
 
 
