@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import re
-import signal
 import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlparse
 
 import numpy as np
@@ -26,6 +24,10 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from agent.settings import Settings
+from billing.cli import add_commands as add_sidecar_commands
+from billing.settings import SidecarSettings
+
+_Settings = TypeVar("_Settings", Settings, SidecarSettings)
 
 LIVEKIT_COMMANDS = ("console", "dev", "start", "connect")
 
@@ -62,14 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub.add_parser(name, help=text, add_help=False)
 
-    sidecar = sub.add_parser("sidecar", help="run the billing sidecar (HTTP API on SIDECAR_PORT)")
-    sidecar_sub = sidecar.add_subparsers(dest="sidecar_command", parser_class=_Parser)
-    sidecar_sub.add_parser("serve", help="serve the API (the default)")
-    sidecar_sub.add_parser("migrate", help="apply database migrations and exit")
-    boot = sidecar_sub.add_parser("bootstrap", help="create an organisation and its admin key")
-    boot.add_argument("--org", required=True, help="organisation name")
-    boot.add_argument("--admin-email", required=True)
-    boot.add_argument("--plan", default="starter", help="plan name (default: starter)")
+    add_sidecar_commands(sub, _Parser)
 
     sim = sub.add_parser("simulate", help="run a whole call from a caller recording, headless")
     sim.add_argument("--input", required=True, type=Path, help="caller audio (WAV/FLAC, any rate)")
@@ -135,14 +130,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             profile_path, rest = take_agent_option(argv[1:])
             return run_livekit(argv[0], rest, with_profile(load_settings(), profile_path))
         args = build_parser().parse_args(argv)
+        if args.command == "sidecar":
+            return run_sidecar(args, load_settings(SidecarSettings))
         settings = load_settings()
         if args.command == "console":
             _, rest = take_agent_option(argv[1:])
             return run_livekit("console", rest, with_profile(settings, args.agent))
         if args.command == "simulate":
             return run_simulate(args, settings)
-        if args.command == "sidecar":
-            return run_sidecar(args, settings)
         raise StartupError(f"unknown command {args.command!r}", 2)
     except StartupError as exc:
         one_line = " ".join(str(exc).split())  # driver errors span several lines
@@ -150,10 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
 
 
-def load_settings() -> Settings:
-    """Settings from the environment and .env; a bad value is a StartupError naming it."""
+def load_settings(kind: type[_Settings] = Settings) -> _Settings:  # type: ignore[assignment]
+    """The worker's (or the sidecar's) settings from the environment and .env; a bad value
+    is a StartupError naming it."""
     try:
-        return Settings()
+        return kind()
     except ValidationError as exc:
         problems = "; ".join(
             f"{_setting_name(err['loc'])}{_shown_value(err)}: {err['msg']}" for err in exc.errors()
@@ -358,86 +354,12 @@ def run_simulate(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if not report.errors else 1
 
 
-def sidecar_config(settings: Settings):  # type: ignore[no-untyped-def]
-    """The sidecar's configuration, from the one settings object."""
-    from billing.config import SidecarConfig
-
-    try:
-        return SidecarConfig(
-            database_url=settings.database_url,
-            redis_url=settings.redis_url,
-            service_token=settings.sidecar_service_token.get_secret_value(),
-            payment_webhook_secrets={
-                provider: secret.get_secret_value()
-                for provider, secret in settings.payment_webhook_secrets.items()
-            },
-            notify_webhook_url=settings.notify_webhook_url,
-            notify_webhook_secret=settings.notify_webhook_secret.get_secret_value() or None,
-            recordings_dir=settings.data_dir / "recordings",
-            rate_limit_per_ip=settings.sidecar_rate_limit_per_ip,
-            rate_limit_per_key=settings.sidecar_rate_limit_per_key,
-            rate_limit_webhook_per_ip=settings.sidecar_rate_limit_webhook_per_ip,
-            rate_limit_window_s=settings.sidecar_rate_limit_window_s,
-        )
-    except ValueError as exc:
-        raise StartupError(
-            f"sidecar configuration: {exc} (settings: SIDECAR_SERVICE_TOKEN, "
-            "PAYMENT_WEBHOOK_SECRETS, NOTIFY_WEBHOOK_URL, NOTIFY_WEBHOOK_SECRET)"
-        ) from exc
-
-
-def run_sidecar(args: argparse.Namespace, settings: Settings) -> int:
+def run_sidecar(args: argparse.Namespace, settings: SidecarSettings) -> int:
     from agent.logs import configure_logging
-    from storage.migrate import upgrade
+    from billing.cli import SidecarCommandError, run
 
     configure_logging(settings.log_level, settings.log_format or "json")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    command = args.sidecar_command or "serve"
-    config = sidecar_config(settings) if command == "serve" else None
     try:
-        upgrade(settings.database_url)
-    except Exception as exc:  # any driver error: the operator needs the URL and the cause
-        cause = getattr(exc, "orig", None) or exc
-        raise StartupError(f"cannot migrate the database at DATABASE_URL ({cause})") from exc
-    if command == "migrate":
-        print("database is up to date")
-        return 0
-    if command == "bootstrap":
-        return _bootstrap(args, settings)
-
-    import uvicorn
-
-    from billing.api.app import create_app
-
-    assert config is not None  # built above for "serve"
-    app = create_app(config)
-    # uvicorn handles SIGTERM: stops accepting, finishes in-flight requests, runs the
-    # app's shutdown (engine and Redis closed), then re-raises the signal to the handler
-    # it found; make that handler a clean exit, so a drained shutdown exits 0.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    uvicorn.run(
-        app,
-        host=settings.sidecar_host,
-        port=settings.sidecar_port,
-        log_config=None,
-        timeout_graceful_shutdown=30,
-    )
-    return 0
-
-
-def _bootstrap(args: argparse.Namespace, settings: Settings) -> int:
-    from billing.bootstrap import create_organisation, ensure_default_plans
-    from storage.db import make_engine, session_scope
-
-    engine = make_engine(settings.database_url)
-    try:
-        with session_scope(engine) as session:
-            ensure_default_plans(session)
-            org, key = create_organisation(session, args.org, args.plan, args.admin_email)
-            org_id = org.id
-    except (LookupError, ValueError) as exc:
+        return run(args, settings)
+    except SidecarCommandError as exc:
         raise StartupError(str(exc)) from exc
-    finally:
-        engine.dispose()
-    print(f"organisation {org_id} created; admin API key (shown once): {key}")
-    return 0

@@ -1,4 +1,5 @@
-"""The one settings object: environment variables and an optional ``.env`` file.
+"""The worker's settings: environment variables and an optional ``.env`` file (the
+sidecar's are ``billing/settings.py``).
 
 Defaults run a whole call on one machine with no keys and no servers. Setting a provider's
 key switches that stage to the cloud provider; base URLs are overridable (the tests point
@@ -52,26 +53,12 @@ class Settings(BaseSettings):
     # a browser's echo canceller adapts; 0 where there is no acoustic echo
     aec_warmup_s: float = Field(default=3.0, ge=0.0)
 
-    # billing sidecar (python agent.py sidecar) and the worker's link to it
-    database_url: str = "sqlite:///data/voice_agent.db"
-    redis_url: str | None = None
-    """Counters, leases and rate limits; without it they live in the sidecar's process."""
-    sidecar_host: str = "127.0.0.1"
-    sidecar_port: int = Field(default=8700, ge=1, le=65535)
+    # the worker's link to the billing sidecar (the sidecar's own: billing/settings.py)
     sidecar_url: str = ""
-    """Where the worker asks for admission and delivers billing events; empty = no quotas
-    and no billing (the one-machine default)."""
+    """Where the worker asks for admission and agent profiles and delivers billing events;
+    empty = no quotas and no billing (the one-machine default)."""
     sidecar_service_token: SecretStr = SecretStr("")
     """Shared secret the worker presents to the sidecar's /internal routes."""
-    payment_webhook_secrets: dict[str, SecretStr] = Field(default_factory=dict)
-    """Payment providers whose webhooks the sidecar accepts, each with its own signing
-    secret, as JSON: ``PAYMENT_WEBHOOK_SECRETS='{"stripe": "whsec_..."}'``."""
-    sidecar_rate_limit_per_ip: int = Field(default=120, ge=1)
-    sidecar_rate_limit_per_key: int = Field(default=600, ge=1)
-    sidecar_rate_limit_webhook_per_ip: int = Field(default=600, ge=1)
-    sidecar_rate_limit_window_s: float = Field(default=60.0, gt=0)
-    notify_webhook_url: str | None = None
-    notify_webhook_secret: SecretStr = SecretStr("")
     default_organisation_id: int | None = None
     """Organisation billed for calls whose job metadata names none (single-tenant set-ups)."""
     admission_fail_open: bool = True
@@ -85,8 +72,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] | None = None
-    """None: the command's own (JSON for ``start`` and ``sidecar``, text for ``console``,
-    ``dev`` and ``simulate``)."""
+    """None: the command's own (JSON for ``start``, text for ``console``, ``dev`` and
+    ``simulate``)."""
 
     @property
     def outbox_path(self) -> Path:

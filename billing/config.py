@@ -1,7 +1,7 @@
 """The sidecar's configuration: one typed, immutable object.
 
-The application's settings (read from the environment in ``agent/settings.py``) are mapped
-onto :class:`SidecarConfig` by the CLI; everything in ``billing.api`` reads only this.
+The sidecar's settings (read from the environment in ``billing/settings.py``) become a
+:class:`SidecarConfig`; everything in ``billing.api`` reads only this.
 """
 
 from __future__ import annotations

@@ -77,8 +77,7 @@ def test_malformed_payment_providers_are_one_line(tmp_path: Path, secrets: str, 
 
 
 def test_rate_limits_and_providers_come_from_the_settings(monkeypatch: pytest.MonkeyPatch):
-    from agent.cli import sidecar_config
-    from agent.settings import Settings
+    from billing.settings import SidecarSettings
 
     for name, value in {
         **SECRETS,
@@ -88,7 +87,7 @@ def test_rate_limits_and_providers_come_from_the_settings(monkeypatch: pytest.Mo
         "SIDECAR_RATE_LIMIT_WINDOW_S": "30",
     }.items():
         monkeypatch.setenv(name, value)
-    config = sidecar_config(Settings(_env_file=None))  # type: ignore[call-arg]
+    config = SidecarSettings(_env_file=None).config()  # type: ignore[call-arg]
     assert (
         config.rate_limit_per_ip,
         config.rate_limit_per_key,

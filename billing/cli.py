@@ -1,0 +1,99 @@
+"""The sidecar's commands (``python agent.py sidecar [serve|migrate|bootstrap]``): the
+parser and what each runs. ``agent.cli`` dispatches here after setting up logging; nothing
+here loads livekit."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from billing.config import SidecarConfig
+from billing.settings import SidecarSettings
+
+
+class SidecarCommandError(Exception):
+    """A reason the command cannot run, phrased as what the operator should fix."""
+
+
+def add_commands(sub: argparse._SubParsersAction, parser_class: type) -> None:  # type: ignore[type-arg]
+    """Register ``sidecar`` and its sub-commands on the product's parser."""
+    sidecar = sub.add_parser("sidecar", help="run the billing sidecar (HTTP API on SIDECAR_PORT)")
+    commands = sidecar.add_subparsers(dest="sidecar_command", parser_class=parser_class)
+    commands.add_parser("serve", help="serve the API (the default)")
+    commands.add_parser("migrate", help="apply database migrations and exit")
+    boot = commands.add_parser("bootstrap", help="create an organisation and its admin key")
+    boot.add_argument("--org", required=True, help="organisation name")
+    boot.add_argument("--admin-email", required=True)
+    boot.add_argument("--plan", default="starter", help="plan name (default: starter)")
+
+
+def run(args: argparse.Namespace, settings: SidecarSettings) -> int:
+    """Run the parsed sidecar command. Raises SidecarCommandError."""
+    # before alembic is imported: its plugins log at import time
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from storage.migrate import upgrade
+
+    command = args.sidecar_command or "serve"
+    config = sidecar_config(settings) if command == "serve" else None
+    try:
+        upgrade(settings.database_url)
+    except Exception as exc:  # any driver error: the operator needs the URL and the cause
+        cause = getattr(exc, "orig", None) or exc
+        raise SidecarCommandError(f"cannot migrate the database at DATABASE_URL ({cause})") from exc
+    if command == "migrate":
+        print("database is up to date")
+        return 0
+    if command == "bootstrap":
+        return _bootstrap(args, settings)
+    assert config is not None  # built above for "serve"
+    return _serve(config, settings)
+
+
+def sidecar_config(settings: SidecarSettings) -> SidecarConfig:
+    try:
+        return settings.config()
+    except ValueError as exc:
+        raise SidecarCommandError(
+            f"sidecar configuration: {exc} (settings: SIDECAR_SERVICE_TOKEN, "
+            "PAYMENT_WEBHOOK_SECRETS, NOTIFY_WEBHOOK_URL, NOTIFY_WEBHOOK_SECRET)"
+        ) from exc
+
+
+def _serve(config: SidecarConfig, settings: SidecarSettings) -> int:
+    import uvicorn
+
+    from billing.api.app import create_app
+
+    app = create_app(config)
+    # uvicorn handles SIGTERM: stops accepting, finishes in-flight requests, runs the
+    # app's shutdown (engine and Redis closed), then re-raises the signal to the handler
+    # it found; make that handler a clean exit, so a drained shutdown exits 0.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    uvicorn.run(
+        app,
+        host=settings.sidecar_host,
+        port=settings.sidecar_port,
+        log_config=None,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def _bootstrap(args: argparse.Namespace, settings: SidecarSettings) -> int:
+    from billing.bootstrap import create_organisation, ensure_default_plans
+    from storage.db import make_engine, session_scope
+
+    engine = make_engine(settings.database_url)
+    try:
+        with session_scope(engine) as session:
+            ensure_default_plans(session)
+            org, key = create_organisation(session, args.org, args.plan, args.admin_email)
+            org_id = org.id
+    except (LookupError, ValueError) as exc:
+        raise SidecarCommandError(str(exc)) from exc
+    finally:
+        engine.dispose()
+    print(f"organisation {org_id} created; admin API key (shown once): {key}")
+    return 0

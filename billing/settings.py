@@ -1,0 +1,60 @@
+"""The sidecar's settings: environment variables and an optional ``.env`` file, read by
+``python agent.py sidecar`` and turned into the immutable :class:`SidecarConfig` the app
+runs on. (The worker has its own, ``agent/settings.py``; both read ``SIDECAR_SERVICE_TOKEN``,
+the secret they share.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from billing.config import SidecarConfig
+
+
+class SidecarSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    database_url: str = "sqlite:///data/voice_agent.db"
+    redis_url: str | None = None
+    """Counters, leases and rate limits; without it they live in the sidecar's process."""
+    sidecar_host: str = "127.0.0.1"
+    sidecar_port: int = Field(default=8700, ge=1, le=65535)
+    sidecar_service_token: SecretStr = SecretStr("")
+    """Shared secret the workers present to the /internal routes."""
+    payment_webhook_secrets: dict[str, SecretStr] = Field(default_factory=dict)
+    """Payment providers whose webhooks the sidecar accepts, each with its own signing
+    secret, as JSON: ``PAYMENT_WEBHOOK_SECRETS='{"stripe": "whsec_..."}'``."""
+    sidecar_rate_limit_per_ip: int = Field(default=120, ge=1)
+    sidecar_rate_limit_per_key: int = Field(default=600, ge=1)
+    sidecar_rate_limit_webhook_per_ip: int = Field(default=600, ge=1)
+    sidecar_rate_limit_window_s: float = Field(default=60.0, gt=0)
+    notify_webhook_url: str | None = None
+    notify_webhook_secret: SecretStr = SecretStr("")
+
+    data_dir: Path = Path("data")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] | None = None
+    """None: JSON."""
+
+    def config(self) -> SidecarConfig:
+        """The app's configuration. Raises ValueError for a short secret, a bad provider
+        name or a webhook URL without its secret."""
+        return SidecarConfig(
+            database_url=self.database_url,
+            redis_url=self.redis_url,
+            service_token=self.sidecar_service_token.get_secret_value(),
+            payment_webhook_secrets={
+                provider: secret.get_secret_value()
+                for provider, secret in self.payment_webhook_secrets.items()
+            },
+            notify_webhook_url=self.notify_webhook_url,
+            notify_webhook_secret=self.notify_webhook_secret.get_secret_value() or None,
+            recordings_dir=self.data_dir / "recordings",
+            rate_limit_per_ip=self.sidecar_rate_limit_per_ip,
+            rate_limit_per_key=self.sidecar_rate_limit_per_key,
+            rate_limit_webhook_per_ip=self.sidecar_rate_limit_webhook_per_ip,
+            rate_limit_window_s=self.sidecar_rate_limit_window_s,
+        )
