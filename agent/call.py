@@ -71,6 +71,8 @@ class Call:
         self._on_ended = on_ended
         """Told the final status once the call has ended (the worker shuts its job down)."""
         self.started_at = time.time()
+        self._started_monotonic = time.monotonic()
+        """The billed call time runs from here, the row's ``started_at``."""
         self.session_started_at = self.started_at
         """When the session started (models built): the origin of the call's timeline."""
         self.session: AgentSession | None = None
@@ -199,6 +201,7 @@ class Call:
             agent_id=self.decision.agent_id,
             usage=lambda: session.usage,
             call_facts=self.facts,
+            started_at=self._started_monotonic,
         )
         self._meter.start()
 
