@@ -23,9 +23,9 @@ from tests.api_client import Member, Seeder, SidecarApi
 NEW_USER = {"email": "{email}", "role": "viewer"}
 TO_VIEWER = {"role": "viewer"}
 NEW_AGENT = {"name": "Front desk"}
-NEW_AGENT_WITH_TOOLS = {"name": "Front desk", "tools": ["lookup"]}
+NEW_AGENT_WITH_TOOLS = {"name": "Front desk", "tools": ["lookup_account"]}
 RENAME = {"name": "Renamed"}
-TOOLS = {"tools": ["lookup"]}
+TOOLS = {"tools": ["lookup_account"]}
 EMPTY: dict[str, Any] = {}
 
 # fmt: off
@@ -77,6 +77,7 @@ NOT_KEYED = {
     ("DELETE", "/internal/admissions/{}"): "service token (test_api_internal)",
     ("POST", "/internal/billing-events"): "service token (test_api_internal)",
     ("POST", "/internal/workers/heartbeat"): "service token (test_api_internal)",
+    ("GET", "/internal/agents/{}/profile"): "service token (test_api_agent_profiles)",
     ("GET", "/health"): "public",
     ("GET", "/metrics"): "public",
 }

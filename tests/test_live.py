@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.admission import ADMISSION_ATTR
+from agent.admission import AdmissionDecision
 from agent.cli import cut_recording
 from agent.settings import Settings
 from agent.simulate import SimulationOptions, simulate_call
@@ -105,7 +105,7 @@ async def test_the_worker_joins_a_dispatched_room(tmp_path: Path):
             await asyncio.sleep(1)
         assert worker.returncode is None, "the worker exited; see worker.log"
         assert joined is not None, "no agent joined within 90 s; see worker.log"
-        assert joined.attributes.get(ADMISSION_ATTR) == "unmetered"
+        assert AdmissionDecision.from_attributes(joined.attributes).status == "unmetered"
     finally:
         await lk.room.delete_room(api.DeleteRoomRequest(room=room))
         await lk.aclose()
