@@ -7,12 +7,14 @@ so a batch re-sent after a lost answer bills nothing twice. An event the sidecar
 for good is set aside in the file, never resent and never deleted, for an operator.
 
 The file is shared by every process of a worker (each LiveKit job runs in its own process
-and writes its own events; one sender thread delivers them): SQLite's file locks make that
-safe, and ``BEGIN IMMEDIATE`` keeps two writers from deadlocking.
+and writes its own events; one sender, on the main process's sidecar link, delivers them):
+SQLite's file locks make that safe, and ``BEGIN IMMEDIATE`` keeps two writers from
+deadlocking.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
@@ -26,8 +28,8 @@ from typing import Literal
 import httpx
 from pydantic import ValidationError
 
+from agent.sidecar_client import SidecarClient, SidecarUnavailable
 from billing.internal_api import (
-    BILLING_EVENTS_PATH,
     BillingEventResult,
     BillingEventsOut,
     CallFactsIn,
@@ -225,63 +227,46 @@ class OutboxSender:
       is split and each event sent alone; an event refused so on its own is set aside.
     """
 
-    def __init__(
-        self,
-        outbox: Outbox,
-        sidecar_url: str,
-        service_token: str,
-        *,
-        http: httpx.Client | None = None,
-        batch_size: int = 100,
-        timeout_s: float = 10.0,
-    ) -> None:
+    def __init__(self, outbox: Outbox, client: SidecarClient, *, batch_size: int = 100) -> None:
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
         self._outbox = outbox
-        self._url = sidecar_url.rstrip("/") + BILLING_EVENTS_PATH
-        self._headers = {"Authorization": f"Bearer {service_token}"}
-        self._owns_http = http is None
-        self._http = http if http is not None else httpx.Client(timeout=timeout_s)
+        self._client = client
         self._batch_size = batch_size
 
-    def deliver_once(self) -> int:
+    async def deliver_once(self) -> int:
         """Send one batch of due events; returns how many the sidecar accepted (applied
         or already had). Never raises for a failed delivery: the events stay pending and
         are retried (or, refused for good, are set aside)."""
         batch = self._outbox.due(self._batch_size)
         if not batch:
             return 0
-        outcome = self._post(batch)
+        outcome = await self._post(batch)
         if isinstance(outcome, list):
             return self._settle(batch, outcome)
         if outcome == "refused" and len(batch) > 1:
-            return sum(self._deliver_alone(draft) for draft in batch)
+            return sum([await self._deliver_alone(draft) for draft in batch])
         if outcome == "refused":
             self._outbox.mark_rejected(batch[0].idempotency_key, "refused by the sidecar")
             return 0
         self._outbox.mark_failed([d.idempotency_key for d in batch])
         return 0
 
-    def run(self, stop: threading.Event, *, poll_s: float = 1.0) -> None:
+    async def run(self, stop: threading.Event, *, poll_s: float = 1.0) -> None:
         """Deliver until ``stop`` is set: back to back while full batches go through,
         otherwise every ``poll_s``. Never raises; an unexpected error is logged and the
         loop goes on after ``poll_s``."""
         while not stop.is_set():
             try:
-                delivered = self.deliver_once()
+                delivered = await self.deliver_once()
             except Exception:
                 log.exception("outbox delivery failed unexpectedly")
                 delivered = 0
             if delivered < self._batch_size:
-                stop.wait(poll_s)
+                await asyncio.sleep(poll_s)
 
-    def close(self) -> None:
-        """Close the HTTP client if this sender made it."""
-        if self._owns_http:
-            self._http.close()
-
-    def _deliver_alone(self, draft: EventDraft) -> int:
-        outcome = self._post([draft])
+    async def _deliver_alone(self, draft: EventDraft) -> int:
+        outcome = await self._post([draft])
         if isinstance(outcome, list):
             return self._settle([draft], outcome)
         if outcome == "refused":
@@ -315,13 +300,13 @@ class OutboxSender:
             self._outbox.mark_failed(failed)
         return len(delivered)
 
-    def _post(self, batch: Sequence[EventDraft]) -> _Outcome | list[BillingEventResult]:
+    async def _post(self, batch: Sequence[EventDraft]) -> _Outcome | list[BillingEventResult]:
         """The per-event results of a processed batch, "retry" (the same batch may pass
         later) or "refused" (a 4xx about the batch's contents)."""
         body = {"events": [_as_json(d) for d in batch]}  # BillingEventsIn
         try:
-            response = self._http.post(self._url, json=body, headers=self._headers)
-        except httpx.HTTPError as exc:
+            response = await self._client.send_billing_events(body)
+        except SidecarUnavailable as exc:
             log.warning(
                 "sidecar unreachable; billing events kept for retry",
                 extra={"events": len(batch), "error": str(exc)},

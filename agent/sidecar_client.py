@@ -1,9 +1,11 @@
-"""The worker's client for the billing sidecar's internal routes (admission leases, agent
-profiles), speaking the contract in ``billing.internal_api``."""
+"""The worker's one client for the billing sidecar's internal routes (admission leases,
+agent profiles, billing events, worker heartbeats), speaking the contract in
+``billing.internal_api``."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import TypeVar
 
 import httpx
@@ -12,10 +14,14 @@ from pydantic import ValidationError
 from billing.agent_profile import AgentProfile
 from billing.internal_api import (
     ADMISSIONS_PATH,
+    BILLING_EVENTS_PATH,
+    WORKER_HEARTBEAT_PATH,
     AdmissionIn,
     AdmissionOut,
     AgentProfileOut,
     LeaseOut,
+    WorkerHeartbeatIn,
+    WorkerHeartbeatOut,
     agent_profile_path,
     lease_heartbeat_path,
     lease_path,
@@ -29,7 +35,9 @@ class SidecarUnavailable(Exception):
 
 
 class SidecarClient:
-    """Async; one per worker process. Timeouts are short: admission is on the call path."""
+    """Async. A call has its own (admission, profile, lease); the worker's main process
+    has one for the outbox and its heartbeat. Timeouts are short: admission is on the call
+    path."""
 
     def __init__(self, base_url: str, service_token: str, *, timeout_s: float = 2.0) -> None:
         self._http = httpx.AsyncClient(
@@ -81,6 +89,19 @@ class SidecarClient:
             )
         return _parse(AgentProfileOut, resp).profile
 
+    async def send_billing_events(self, body: Mapping[str, object]) -> httpx.Response:
+        """POST a ``BillingEventsIn`` body; the answer as it came (the outbox sender reads
+        its status and per-event results). Raises SidecarUnavailable when none came."""
+        return await self._request("POST", BILLING_EVENTS_PATH, json=body)
+
+    async def worker_heartbeat(self, worker_id: str) -> WorkerHeartbeatOut:
+        """Tell the sidecar this worker is alive. Raises SidecarUnavailable."""
+        body = WorkerHeartbeatIn(worker_id=worker_id).model_dump()
+        resp = await self._request("POST", WORKER_HEARTBEAT_PATH, json=body)
+        if resp.status_code != 200:
+            raise SidecarUnavailable(f"worker heartbeat answered {resp.status_code}")
+        return _parse(WorkerHeartbeatOut, resp)
+
     async def release(self, lease_id: str) -> None:
         await self._request("DELETE", lease_path(lease_id))
 
@@ -94,7 +115,7 @@ class SidecarClient:
             raise SidecarUnavailable(f"{method} {path}: {exc!r}") from exc
 
 
-_Model = TypeVar("_Model", AdmissionOut, LeaseOut, AgentProfileOut)
+_Model = TypeVar("_Model", AdmissionOut, LeaseOut, AgentProfileOut, WorkerHeartbeatOut)
 
 
 def _parse(model: type[_Model], resp: httpx.Response) -> _Model:

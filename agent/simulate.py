@@ -210,7 +210,7 @@ async def simulate_call(
     collector.fill(report, t0)
     report.usage = usage_totals(usage)
     if settings.sidecar_url:
-        report.billing_events_pending = await asyncio.to_thread(deliver_outbox, settings)
+        report.billing_events_pending = await deliver_outbox(settings)
     return report, speaker.render(t0)
 
 
@@ -219,20 +219,19 @@ def _observe(session: Any, collector: _EventCollector, activity: _ActivityTracke
     activity.attach(session)
 
 
-def deliver_outbox(settings: Settings, *, max_rounds: int = 5) -> int:
+async def deliver_outbox(settings: Settings, *, max_rounds: int = 5) -> int:
     """Deliver what the outbox holds to the sidecar now (a simulated call has no worker
-    whose sender thread would); returns how many events are still pending."""
+    whose link would); returns how many events are still pending."""
     outbox = Outbox(settings.outbox_path)
-    sender = OutboxSender(
-        outbox, settings.sidecar_url, settings.sidecar_service_token.get_secret_value()
-    )
+    client = SidecarClient(settings.sidecar_url, settings.sidecar_service_token.get_secret_value())
+    sender = OutboxSender(outbox, client)
     try:
         for _ in range(max_rounds):
-            if outbox.pending_count() == 0 or sender.deliver_once() == 0:
+            if outbox.pending_count() == 0 or await sender.deliver_once() == 0:
                 break
         return outbox.pending_count()
     finally:
-        sender.close()
+        await client.aclose()
         outbox.close()
 
 

@@ -12,7 +12,6 @@ import os
 import socket
 import threading
 
-import httpx
 from livekit import rtc
 from livekit.agents import AgentServer, JobContext, JobProcess
 
@@ -30,9 +29,8 @@ from agent.outbox import Outbox, OutboxSender
 from agent.pipeline import build_stt, build_tts, load_vad
 from agent.profile import ProfileStore, local_profile
 from agent.settings import Settings
-from agent.sidecar_client import SidecarClient
+from agent.sidecar_client import SidecarClient, SidecarUnavailable
 from billing.agent_profile import AgentProfile
-from billing.internal_api import WORKER_HEARTBEAT_PATH, WorkerHeartbeatIn
 
 log = logging.getLogger("agent.worker")
 
@@ -126,39 +124,37 @@ async def call_profile(
 
 
 def start_sidecar_link(settings: Settings) -> threading.Event | None:
-    """Background threads of the worker's main process: deliver metered billing events
-    to the sidecar, and tell it this worker is alive (so a sidecar without Redis can warn
-    that its in-process leases do not span several workers). Set the event to stop."""
+    """The worker main process's link to the sidecar, on a thread and event loop of its
+    own (livekit owns the main one): deliver metered billing events from the outbox, and
+    tell the sidecar this worker is alive (so a sidecar without Redis can warn that its
+    in-process leases do not span several workers). Set the event to stop."""
     if not settings.sidecar_url:
         return None
     stop = threading.Event()
-    token = settings.sidecar_service_token.get_secret_value()
-    sender = OutboxSender(Outbox(settings.outbox_path), settings.sidecar_url, token)
-    threading.Thread(target=sender.run, args=(stop,), name="outbox-sender", daemon=True).start()
     threading.Thread(
-        target=_announce_worker,
-        args=(settings.sidecar_url, token, stop),
-        name="worker-heartbeat",
-        daemon=True,
+        target=lambda: asyncio.run(_sidecar_link(settings, stop)), name="sidecar-link", daemon=True
     ).start()
     return stop
 
 
-def _announce_worker(sidecar_url: str, token: str, stop: threading.Event) -> None:
+async def _sidecar_link(settings: Settings, stop: threading.Event) -> None:
+    client = SidecarClient(settings.sidecar_url, settings.sidecar_service_token.get_secret_value())
+    outbox = Outbox(settings.outbox_path)
+    try:
+        await asyncio.gather(OutboxSender(outbox, client).run(stop), _announce_worker(client, stop))
+    finally:
+        await client.aclose()
+        outbox.close()
+
+
+async def _announce_worker(client: SidecarClient, stop: threading.Event) -> None:
     worker_id = f"{socket.gethostname()}-{os.getpid()}"
-    with httpx.Client(
-        base_url=sidecar_url.rstrip("/"),
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=2.0,
-    ) as http:
-        while not stop.is_set():
-            try:
-                body = WorkerHeartbeatIn(worker_id=worker_id).model_dump()
-                answer = http.post(WORKER_HEARTBEAT_PATH, json=body)
-                answer.raise_for_status()
-            except httpx.HTTPError as exc:
-                log.warning("worker heartbeat to the sidecar failed", extra={"error": str(exc)})
-            stop.wait(WORKER_HEARTBEAT_INTERVAL_S)
+    while not stop.is_set():
+        try:
+            await client.worker_heartbeat(worker_id)
+        except SidecarUnavailable as exc:
+            log.warning("worker heartbeat to the sidecar failed", extra={"error": str(exc)})
+        await asyncio.to_thread(stop.wait, WORKER_HEARTBEAT_INTERVAL_S)
 
 
 def build_server(settings: Settings) -> AgentServer:

@@ -3,19 +3,19 @@ delivers at least once; with the sidecar deduplicating by key, each is billed on
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import pytest
 
 from agent.outbox import Outbox, OutboxSender, backoff_s
+from agent.sidecar_client import SidecarClient
 from billing.api.app import create_app
 from billing.config import SidecarConfig
 from billing.ledger import balance_minor
@@ -157,15 +157,25 @@ def sidecar() -> Iterator[LoopbackSidecar]:
 
 
 @pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=5.0) as client:
-        yield client
+async def clients() -> AsyncIterator[list[SidecarClient]]:
+    """The sidecar clients a test made, closed after it."""
+    made: list[SidecarClient] = []
+    yield made
+    for client in made:
+        await client.aclose()
 
 
 def sender_for(
-    outbox: Outbox, sidecar: LoopbackSidecar, http: httpx.Client, **kwargs: int
+    outbox: Outbox,
+    sidecar: LoopbackSidecar | str,
+    clients: list[SidecarClient],
+    *,
+    token: str = TOKEN,
+    **kwargs: int,
 ) -> OutboxSender:
-    return OutboxSender(outbox, sidecar.url, TOKEN, http=http, **kwargs)
+    url = sidecar if isinstance(sidecar, str) else sidecar.url
+    clients.append(SidecarClient(url, token, timeout_s=5.0))
+    return OutboxSender(outbox, clients[-1], **kwargs)
 
 
 def test_added_events_are_due_at_once(outbox):
@@ -266,9 +276,9 @@ def test_backoff_is_capped():
     assert [backoff_s(n) for n in (1, 2, 3, 4, 7, 100, 10**6)] == [1, 2, 4, 8, 60, 60, 60]
 
 
-def test_the_sender_posts_events_with_the_service_token(outbox, sidecar, http):
+async def test_the_sender_posts_events_with_the_service_token(outbox, sidecar, clients):
     outbox.add(events(3))
-    assert sender_for(outbox, sidecar, http).deliver_once() == 3
+    assert await sender_for(outbox, sidecar, clients).deliver_once() == 3
     assert sidecar.applied["job-1:call_seconds:0"] == {
         "idempotency_key": "job-1:call_seconds:0",
         "organisation_id": 7,
@@ -279,40 +289,42 @@ def test_the_sender_posts_events_with_the_service_token(outbox, sidecar, http):
     assert outbox.pending_count() == 0
 
 
-def test_the_sender_sends_at_most_a_batch_at_a_time(outbox, sidecar, http):
+async def test_the_sender_sends_at_most_a_batch_at_a_time(outbox, sidecar, clients):
     outbox.add(events(5))
-    sender = sender_for(outbox, sidecar, http, batch_size=2)
-    assert [sender.deliver_once() for _ in range(4)] == [2, 2, 1, 0]
+    sender = sender_for(outbox, sidecar, clients, batch_size=2)
+    assert [await sender.deliver_once() for _ in range(4)] == [2, 2, 1, 0]
     assert [len(batch) for batch in sidecar.requests] == [2, 2, 1]
 
 
 @pytest.mark.parametrize("status", [500, 503, 408, 429])
-def test_a_sidecar_error_keeps_the_batch_for_a_retry(outbox, sidecar, http, clock, status):
+async def test_a_sidecar_error_keeps_the_batch_for_a_retry(outbox, sidecar, clients, clock, status):
     outbox.add(events(2))
     sidecar.statuses = [status]
-    sender = sender_for(outbox, sidecar, http)
-    assert sender.deliver_once() == 0
+    sender = sender_for(outbox, sidecar, clients)
+    assert await sender.deliver_once() == 0
     assert outbox.pending_count() == 2
-    assert sender.deliver_once() == 0  # backing off: nothing due, nothing sent
+    assert await sender.deliver_once() == 0  # backing off: nothing due, nothing sent
     clock.now += 1
-    assert sender.deliver_once() == 2
+    assert await sender.deliver_once() == 2
     assert len(sidecar.requests) == 2
 
 
-def test_a_refused_service_token_keeps_the_batch_without_splitting_it(outbox, sidecar, http):
+async def test_a_refused_service_token_keeps_the_batch_without_splitting_it(
+    outbox, sidecar, clients
+):
     outbox.add(events(3))
-    sender = OutboxSender(outbox, sidecar.url, "wrong-token", http=http)
-    assert sender.deliver_once() == 0
+    sender = sender_for(outbox, sidecar, clients, token="wrong-token")
+    assert await sender.deliver_once() == 0
     assert len(sidecar.requests) == 0  # refused before reading: the loopback counts none
     assert outbox.pending_count() == 3
     assert outbox.attempts(events(1)[0].idempotency_key) == 1
 
 
-def test_one_refused_event_does_not_hold_back_the_rest_of_its_batch(outbox, sidecar, http):
+async def test_one_refused_event_does_not_hold_back_the_rest_of_its_batch(outbox, sidecar, clients):
     outbox.add(events(4))
     poison = events(4)[2].idempotency_key
     sidecar.refused_keys = {poison}
-    assert sender_for(outbox, sidecar, http).deliver_once() == 3
+    assert await sender_for(outbox, sidecar, clients).deliver_once() == 3
     assert len(sidecar.requests) == 1  # one batch: no splitting needed
     assert sorted(sidecar.applied) == sorted(
         d.idempotency_key for d in events(4) if d.idempotency_key != poison
@@ -322,54 +334,56 @@ def test_one_refused_event_does_not_hold_back_the_rest_of_its_batch(outbox, side
     assert [(d.idempotency_key, reason) for d, reason in outbox.rejected()] == [(poison, "x: None")]
 
 
-def test_a_permanently_rejected_event_is_never_sent_again(outbox, sidecar, http, clock):
+async def test_a_permanently_rejected_event_is_never_sent_again(outbox, sidecar, clients, clock):
     outbox.add(events(2))
     sidecar.refused_keys = {events(2)[0].idempotency_key}
-    sender = sender_for(outbox, sidecar, http)
-    assert sender.deliver_once() == 1
+    sender = sender_for(outbox, sidecar, clients)
+    assert await sender.deliver_once() == 1
     for _ in range(5):
         clock.now += 120
-        assert sender.deliver_once() == 0
+        assert await sender.deliver_once() == 0
     assert len(sidecar.requests) == 1
 
 
-def test_an_event_rejected_for_now_is_retried_with_backoff(outbox, sidecar, http, clock):
+async def test_an_event_rejected_for_now_is_retried_with_backoff(outbox, sidecar, clients, clock):
     outbox.add(events(2))
     later = events(2)[1].idempotency_key
     sidecar.not_yet_keys = {later}
-    sender = sender_for(outbox, sidecar, http)
-    assert sender.deliver_once() == 1
+    sender = sender_for(outbox, sidecar, clients)
+    assert await sender.deliver_once() == 1
     assert (outbox.pending_count(), outbox.attempts(later)) == (1, 1)
     sidecar.not_yet_keys = set()  # the operator fixed the plan
     clock.now += 1
-    assert sender.deliver_once() == 1
+    assert await sender.deliver_once() == 1
     assert outbox.pending_count() == 0 and outbox.rejected() == []
 
 
-def test_a_batch_refused_whole_is_split_and_each_event_settled_alone(outbox, sidecar, http):
+async def test_a_batch_refused_whole_is_split_and_each_event_settled_alone(
+    outbox, sidecar, clients
+):
     outbox.add(events(3))
     sidecar.whole_batch_refusals = 1
-    assert sender_for(outbox, sidecar, http).deliver_once() == 3
+    assert await sender_for(outbox, sidecar, clients).deliver_once() == 3
     assert [len(batch) for batch in sidecar.requests] == [3, 1, 1, 1]
     assert outbox.pending_count() == 0
 
 
-def test_an_event_refused_whole_on_its_own_is_set_aside(outbox, sidecar, http):
+async def test_an_event_refused_whole_on_its_own_is_set_aside(outbox, sidecar, clients):
     outbox.add(events(1))
     sidecar.statuses = [413]
-    assert sender_for(outbox, sidecar, http).deliver_once() == 0
+    assert await sender_for(outbox, sidecar, clients).deliver_once() == 0
     assert outbox.pending_count() == 0
     assert len(outbox.rejected()) == 1
 
 
-def test_a_success_without_a_result_per_event_is_retried(outbox, sidecar, http, clock):
+async def test_a_success_without_a_result_per_event_is_retried(outbox, sidecar, clients, clock):
     outbox.add(events(2))
     sidecar.statuses = [200]  # an empty body
-    sender = sender_for(outbox, sidecar, http)
-    assert sender.deliver_once() == 0
+    sender = sender_for(outbox, sidecar, clients)
+    assert await sender.deliver_once() == 0
     assert outbox.pending_count() == 2
     clock.now += 1
-    assert sender.deliver_once() == 2
+    assert await sender.deliver_once() == 2
 
 
 def test_an_outbox_file_from_before_rejections_opens_and_keeps_its_events(tmp_path, clock):
@@ -399,64 +413,63 @@ def test_an_outbox_file_from_before_rejections_opens_and_keeps_its_events(tmp_pa
     box.close()
 
 
-def test_a_lost_answer_is_redelivered_and_billed_once(outbox, sidecar, http, clock):
+async def test_a_lost_answer_is_redelivered_and_billed_once(outbox, sidecar, clients, clock):
     outbox.add(events(3))
     sidecar.apply_then_fail = 1
-    sender = sender_for(outbox, sidecar, http)
-    assert sender.deliver_once() == 0
+    sender = sender_for(outbox, sidecar, clients)
+    assert await sender.deliver_once() == 0
     clock.now += 1
-    assert sender.deliver_once() == 3
+    assert await sender.deliver_once() == 3
     assert sidecar.delivered_keys().count("job-1:call_seconds:0") == 2
     assert len(sidecar.applied) == 3
     assert outbox.pending_count() == 0
 
 
-def test_events_added_while_the_sidecar_is_down_are_all_delivered_once_it_is_back(
-    outbox, sidecar, http, clock
+async def test_events_added_while_the_sidecar_is_down_are_all_delivered_once_it_is_back(
+    outbox, sidecar, clients, clock
 ):
     sidecar.stop()
-    sender = sender_for(outbox, sidecar, http, batch_size=50)
+    sender = sender_for(outbox, sidecar, clients, batch_size=50)
     added = []
     for call in range(5):
         batch = events(40, call_id=f"job-{call}")
         outbox.add(batch)
         added += [d.idempotency_key for d in batch]
-        assert sender.deliver_once() == 0  # connection refused: kept
+        assert await sender.deliver_once() == 0  # connection refused: kept
         clock.now += 5
     assert outbox.pending_count() == 200
 
     sidecar.start()
     clock.now += 61  # past the longest backoff
     for _ in range(20):
-        if sender.deliver_once() == 0 and outbox.pending_count() == 0:
+        if await sender.deliver_once() == 0 and outbox.pending_count() == 0:
             break
     assert outbox.pending_count() == 0
     assert set(sidecar.delivered_keys()) == set(added)
     assert sorted(sidecar.applied) == sorted(added)
 
 
-def test_run_delivers_in_the_background_until_stopped(tmp_path, sidecar, http):
+async def test_run_delivers_in_the_background_until_stopped(tmp_path, sidecar, clients):
     outbox = Outbox(tmp_path / "outbox.db")  # real clock: run() is what the worker runs
-    sender = sender_for(outbox, sidecar, http, batch_size=10)
+    sender = sender_for(outbox, sidecar, clients, batch_size=10)
     stop = threading.Event()
-    thread = threading.Thread(target=sender.run, args=(stop,), kwargs={"poll_s": 0.02})
-    thread.start()
+    running = asyncio.create_task(sender.run(stop, poll_s=0.02))
     try:
         outbox.add(events(35))
-        deadline = time.monotonic() + 10
-        while outbox.pending_count() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        for _ in range(500):  # 10 s at most
+            if not outbox.pending_count():
+                break
+            await asyncio.sleep(0.02)
         assert outbox.pending_count() == 0
     finally:
         stop.set()
-        thread.join(timeout=5)
-    assert not thread.is_alive()
+        await asyncio.wait_for(running, timeout=5)
     assert len(sidecar.applied) == 35
     outbox.close()
 
 
-def test_the_outbox_bills_each_event_once_through_the_real_sidecar_route(
-    engine, tmp_path, clock, http
+async def test_the_outbox_bills_each_event_once_through_the_real_sidecar_route(
+    engine, tmp_path, clock, clients
 ):
     with session_scope(engine) as session:
         org, _, _ = seed_org(session, admins=0, balance_minor=10_000, price_per_minute_minor=60)
@@ -478,11 +491,11 @@ def test_the_outbox_bills_each_event_once_through_the_real_sidecar_route(
     unknown_org = EventDraft("job-x:call_seconds:0", 424242, "job-x", UsageKind.call_seconds, 60)
     outbox.add([*good[:3], unknown_org, *good[3:]])
     with serving(create_app(config, engine=engine)) as url:
-        assert OutboxSender(outbox, url, TOKEN, http=http).deliver_once() == 5
+        assert await sender_for(outbox, url, clients).deliver_once() == 5
         # the same events again, as from an outbox that never heard the answers
         replay = Outbox(tmp_path / "replay.db", clock=clock)
         replay.add(good)
-        assert OutboxSender(replay, url, TOKEN, http=http).deliver_once() == 5
+        assert await sender_for(replay, url, clients).deliver_once() == 5
         replay.close()
     with session_scope(engine) as session:
         assert balance_minor(session, org_id) == (10_000 - 5 * 60, "USD")
