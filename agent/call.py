@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from livekit import rtc
@@ -78,6 +78,7 @@ class Call:
         self.session: AgentSession | None = None
         self.agent: Agent | None = None
         self._meter: CallMeter | None = None
+        self._outbox: Outbox | None = None
         self._keeper: LeaseKeeper | None = None
         self._keeper_task: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
@@ -150,37 +151,37 @@ class Call:
     async def _teardown(self, status: str) -> None:
         self.status = status
         session = self.session
-        try:
-            if session is not None:
-                with contextlib.suppress(Exception):
-                    await session.interrupt(force=True)
-                await session.aclose()
-            if self._meter is not None:
-                try:
-                    await self._meter.close(status=status)
-                except Exception:
-                    log.exception("final metering failed; the usage is lost for this call")
-            if self._keeper is not None:
-                if self._keeper_task is not None:
-                    self._keeper_task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await self._keeper_task
-                await self._keeper.release()
-            if session is not None:
-                # the session does not own its models: close their connections here
-                for model in (session.stt, session.llm, session.tts):
-                    if model is not None:
-                        await model.aclose()
-            if self._sidecar is not None:
-                await self._sidecar.aclose()
-        finally:
-            log.info(
-                "call ended",
-                extra={"status": status, "duration_s": round(time.time() - self.started_at, 3)},
-            )
-            self.ended.set()
-            if self._on_ended is not None:
-                self._on_ended(status)
+        # every step runs whatever the one before did: a failed session close must not
+        # lose the call's usage, nor a failed flush keep the lease
+        if session is not None:
+            await _step("stop speaking", _stop_speaking(session))
+        if self._meter is not None:
+            await _step("final usage to the outbox", self._meter.close(status=status))
+        if self._outbox is not None:
+            self._outbox.close()
+        if self._keeper is not None:
+            await _step("lease release", self._release_lease(self._keeper))
+        if session is not None:
+            # the session does not own its models: close their connections here
+            for model in (session.stt, session.llm, session.tts):
+                if model is not None:
+                    await _step(f"closing {model.label}", model.aclose())
+        if self._sidecar is not None:
+            await _step("closing the sidecar client", self._sidecar.aclose())
+        log.info(
+            "call ended",
+            extra={"status": status, "duration_s": round(time.time() - self.started_at, 3)},
+        )
+        self.ended.set()
+        if self._on_ended is not None:
+            self._on_ended(status)
+
+    async def _release_lease(self, keeper: LeaseKeeper) -> None:
+        if self._keeper_task is not None:
+            self._keeper_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper_task
+        await keeper.release()
 
     def _on_session_close(self, ev: events.CloseEvent) -> None:
         # the caller hung up, the agent ended the call, or a model failed for good
@@ -194,8 +195,9 @@ class Call:
         org = self.decision.organisation_id
         if self.decision.status not in METERED or org is None:
             return
+        self._outbox = Outbox(self._settings.outbox_path)
         self._meter = CallMeter(
-            Outbox(self._settings.outbox_path),
+            self._outbox,
             call_id=self.call_id,
             organisation_id=org,
             agent_id=self.decision.agent_id,
@@ -244,6 +246,21 @@ async def say_refusal(session: AgentSession, message: str) -> None:
     """On a started session: say why the call cannot be taken, uninterruptible, and wait
     until it was heard."""
     await session.say(message, allow_interruptions=False).wait_for_playout()
+
+
+async def _stop_speaking(session: AgentSession) -> None:
+    try:
+        await session.interrupt(force=True)
+    except Exception as exc:  # nothing to interrupt, or never started: close it anyway
+        log.debug("nothing to interrupt", extra={"error": str(exc)})
+    await session.aclose()
+
+
+async def _step(what: str, work: Awaitable[None]) -> None:
+    try:
+        await work
+    except Exception:
+        log.exception("call teardown step failed; going on", extra={"step": what})
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

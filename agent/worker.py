@@ -78,9 +78,16 @@ async def entrypoint(ctx: JobContext) -> None:
     profile = await call_profile(ctx.proc.userdata["profiles"], decision, sidecar)
 
     def on_ended(status: str) -> None:
-        ctx.shutdown(reason=f"call {status}")
-        if decision.refused:  # a SIP caller is hung up only when the room goes
-            asyncio.ensure_future(ctx.delete_room())
+        # the call is over for everyone: a SIP caller is hung up only when the room goes
+        # (after a refusal or the agent's end_call; after a hang-up the room is empty)
+        async def end_job() -> None:
+            try:
+                await ctx.delete_room()
+            except Exception as exc:
+                log.warning("could not delete the call's room", extra={"error": str(exc)})
+            ctx.shutdown(reason=f"call {status}")
+
+        asyncio.ensure_future(end_job())
 
     call = Call(
         decision.identity(call_id),
