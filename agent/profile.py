@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from agent.sidecar_client import SidecarClient
 from billing.agent_profile import AgentProfile, Dialogue, Extractor
 from plugins.dialogue_llm import (
     DialoguePolicy,
@@ -104,6 +105,13 @@ class ProfileStore:
         self._ttl_s = ttl_s
         self._clock = clock
         self._cache: dict[int, tuple[float, AgentProfile]] = {}
+
+    async def for_call(self, agent_id: int | None, sidecar: SidecarClient | None) -> AgentProfile:
+        """The profile a call answers with: its admitted agent's from the sidecar (cached),
+        else the default."""
+        if sidecar is None or agent_id is None:
+            return self.default
+        return await self.get(agent_id, sidecar.agent_profile)
 
     async def get(
         self, agent_id: int, fetch: Callable[[int], Awaitable[AgentProfile]]

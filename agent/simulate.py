@@ -153,12 +153,8 @@ async def simulate_call(
     async with http_context.open():
         decision = await decide_admission(identity, sidecar, fail_open=settings.admission_fail_open)
         if profile is None:
-            store = ProfileStore(local_profile(settings.agent_profile))
-            profile = (
-                await store.get(decision.agent_id, sidecar.agent_profile)
-                if sidecar is not None and decision.agent_id is not None
-                else store.default
-            )
+            profiles = ProfileStore(local_profile(settings.agent_profile))
+            profile = await profiles.for_call(decision.agent_id, sidecar)
         call = Call(
             decision.identity(identity.call_id),
             decision,

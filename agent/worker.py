@@ -30,7 +30,6 @@ from agent.pipeline import build_stt, build_tts, load_vad
 from agent.profile import ProfileStore, local_profile
 from agent.settings import Settings
 from agent.sidecar_client import SidecarClient, SidecarUnavailable
-from billing.agent_profile import AgentProfile
 
 log = logging.getLogger("agent.worker")
 
@@ -75,7 +74,7 @@ async def entrypoint(ctx: JobContext) -> None:
         if settings.sidecar_url
         else None
     )
-    profile = await call_profile(ctx.proc.userdata["profiles"], decision, sidecar)
+    profile = await ctx.proc.userdata["profiles"].for_call(decision.agent_id, sidecar)
 
     def on_ended(status: str) -> None:
         # the call is over for everyone: a SIP caller is hung up only when the room goes
@@ -119,15 +118,6 @@ def sip_numbers(participant: rtc.RemoteParticipant) -> tuple[str | None, str | N
         extra={"caller": mask_phone(caller or ""), "trunk_number": mask_phone(dialled or "")},
     )
     return caller, dialled
-
-
-async def call_profile(
-    profiles: ProfileStore, decision: AdmissionDecision, sidecar: SidecarClient | None
-) -> AgentProfile:
-    """The admitted agent's profile from the sidecar (cached), else the local one."""
-    if sidecar is None or decision.agent_id is None:
-        return profiles.default
-    return await profiles.get(decision.agent_id, sidecar.agent_profile)
 
 
 def start_sidecar_link(settings: Settings) -> threading.Event | None:

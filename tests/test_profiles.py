@@ -139,6 +139,8 @@ async def test_a_sidecar_outage_serves_the_cached_profile_else_the_default():
     clock.now = 3600
     assert (await store.get(1, down)).name == "clinic"
     assert (await store.get(2, down)).name == builtin_profile().name
+    # no sidecar, or no agent named: the local profile, nothing fetched
+    assert (await store.for_call(1, None)).name == builtin_profile().name
 
 
 def test_a_profile_without_dialogue_offers_a_person_and_ends_on_goodbye():
