@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--sidecar",
         metavar="URL",
+        type=_http_url,
         help="run the production path against this sidecar: admission, lease, metering "
         "through the outbox into its ledger (default: SIDECAR_URL; unset: unmetered)",
     )
@@ -95,6 +96,15 @@ def _positive_int(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 2**31 - 1:
         raise argparse.ArgumentTypeError(f"must be a whole number 1..2147483647, got {text!r}")
     return int(text)
+
+
+def _http_url(text: str) -> str:
+    url = urlparse(text)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise argparse.ArgumentTypeError(
+            f"must be an http(s) URL like http://127.0.0.1:8700, got {text!r}"
+        )
+    return text
 
 
 def _phone_number(text: str) -> str:

@@ -92,6 +92,7 @@ def test_output_path_is_a_directory(tmp_path: Path):
         ("simulate", "--input", "tests/data/sample.wav", "--dialled-number", "555-0100"),
         ("simulate", "--input", "tests/data/sample.wav", "--caller-number", "+0123"),
         ("start", "--agent"),
+        ("simulate", "--input", "tests/data/sample.wav", "--sidecar", "localhost:8700"),
     ],
     ids=[
         "unknown-flag",
@@ -107,6 +108,7 @@ def test_output_path_is_a_directory(tmp_path: Path):
         "dialled-number-not-e164",
         "caller-number-not-e164",
         "agent-without-a-file",
+        "sidecar-not-a-url",
     ],
 )
 def test_bad_usage_exits_2_with_one_line(args: tuple[str, ...]):
