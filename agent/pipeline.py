@@ -9,13 +9,17 @@ the agent's profile chooses among them per stage (``stage_settings``).
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from livekit.agents import AgentSession, llm, stt, tts, vad
 from livekit.agents.voice.turn import TurnHandlingOptions
 
-from agent.profile import dialogue_policy
+from agent.profile import canned_policy, dialogue_policy
 from agent.settings import Settings
 from billing.agent_profile import AgentProfile
+
+if TYPE_CHECKING:
+    from plugins.circuit_breaker import CircuitBreaker
 
 log = logging.getLogger("agent.pipeline")
 
@@ -80,17 +84,26 @@ def stage_settings(settings: Settings, profile: AgentProfile) -> Settings:
 
 
 def build_llm(settings: Settings, profile: AgentProfile) -> llm.LLM:
+    """The LLM chain: the cloud LLM (when its key is set; behind its process-wide circuit
+    breaker), then the embedded dialogue engine following the profile, then canned replies.
+    All tiers failing still produces speech."""
+    from plugins.circuit_breaker import breaker_for
+    from plugins.dialogue_llm import DialogueLLM
+    from plugins.llm_chain import LLMChain
+
+    tiers: list[tuple[llm.LLM, CircuitBreaker | None]] = []
     if settings.resolved_llm() == "openai":
         from livekit.plugins import openai
 
-        return openai.LLM(
+        cloud = openai.LLM(
             model=settings.openai_model,
             api_key=settings.openai_api_key.get_secret_value(),
             base_url=settings.openai_base_url,
         )
-    from plugins.dialogue_llm import DialogueLLM
-
-    return DialogueLLM(dialogue_policy(profile))
+        tiers.append((cloud, breaker_for("llm/openai", settings.openai_base_url)))
+    tiers.append((DialogueLLM(dialogue_policy(profile)), None))
+    tiers.append((DialogueLLM(canned_policy(profile)), None))
+    return LLMChain(tiers, first_token_s=settings.llm_first_token_s)
 
 
 def build_tts(settings: Settings) -> tts.TTS:

@@ -41,6 +41,8 @@ _TRANSFER_TRIGGERS = (
 )
 _GOODBYE_TRIGGERS = (r"\b(bye|goodbye|that'?s all|hang up)\b",)
 _NO_TRANSFER_FALLBACK = "Sorry, I can't help with that right now. Please call again later."
+TROUBLE_REPLY = "I'm sorry, I'm having trouble right now. Please call again in a few minutes."
+"""The canned tier's one reply: true whatever failed (it promises no action)."""
 
 
 class ProfileError(Exception):
@@ -159,6 +161,16 @@ def dialogue_policy(profile: AgentProfile) -> DialoguePolicy:
             )
             for intent in spec.intents
         ),
+    )
+
+
+def canned_policy(profile: AgentProfile) -> DialoguePolicy:
+    """The LLM chain's last tier: no intents, no tools, one honest sentence."""
+    return DialoguePolicy(
+        intents=(),
+        greeting=profile.greeting,
+        fallback_reply=TROUBLE_REPLY,
+        tool_error_reply=TROUBLE_REPLY,
     )
 
 

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     elevenlabs_voice_id: str = "EXAVITQu4vr4xnSDxMaL"
     elevenlabs_model: str = "eleven_flash_v2_5"
 
+    # resilience
+    llm_first_token_s: float = Field(default=2.0, gt=0)
+    """A cloud LLM that has not started its reply within this has failed: the next tier
+    answers."""
+
     # turn taking
     min_endpointing_delay_s: float = Field(default=0.5, ge=0.0)
     max_endpointing_delay_s: float = Field(default=3.0, ge=0.0)

@@ -37,6 +37,7 @@ from agent.wav_io import (
     CapturedAudioOutput,
 )
 from billing.agent_profile import AgentProfile
+from plugins.llm_chain import LLMChain
 
 log = logging.getLogger("agent.simulate")
 
@@ -81,7 +82,7 @@ class CallReport:
     turns: list[TurnLatency] = field(default_factory=list)
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     fallback_events: list[dict[str, Any]] = field(default_factory=list)
-    """Provider fallbacks during the call; empty until the pipeline has fallback chains."""
+    """Provider fallbacks during the call: stage, provider, reason, unix time."""
     errors: list[str] = field(default_factory=list)
     usage: UsageTotals = field(default_factory=UsageTotals)
 
@@ -187,9 +188,10 @@ async def simulate_call(
         assert session is not None
         stack = {
             "stt": session.stt.label if session.stt else "",
-            "llm": session.llm.label if session.llm else "",
+            "llm": _chain_label(session.llm),
             "tts": session.tts.label if session.tts else "",
         }
+        fallbacks = session.llm.fallback_events if isinstance(session.llm, LLMChain) else []
         usage = session.usage
 
     report = CallReport(
@@ -204,10 +206,18 @@ async def simulate_call(
         status=call.status,
     )
     collector.fill(report, t0)
+    report.fallback_events = [event.as_dict() for event in fallbacks]
     report.usage = usage_totals(usage)
     if settings.sidecar_url:
         report.billing_events_pending = await deliver_outbox(settings)
     return report, speaker.render(t0)
+
+
+def _chain_label(model: Any) -> str:
+    """A chain's tiers in order (``a -> b -> c``), else the model's label."""
+    if isinstance(model, LLMChain):
+        return " -> ".join(tier.label for tier in model.tiers)
+    return model.label if model is not None else ""
 
 
 def _observe(session: Any, collector: _EventCollector, activity: _ActivityTracker) -> None:

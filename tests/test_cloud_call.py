@@ -55,10 +55,11 @@ async def test_cloud_call_runs_the_tool_and_speaks_the_answer(
 
     assert report.stack == {
         "stt": "livekit.plugins.deepgram.stt.STT",
-        "llm": "livekit.plugins.openai.llm.LLM",
+        "llm": "livekit.plugins.openai.llm.LLM -> plugins.dialogue_llm.DialogueLLM"
+        " -> plugins.dialogue_llm.DialogueLLM",
         "tts": "livekit.plugins.elevenlabs.tts.TTS",
     }
-    assert report.errors == []
+    assert report.errors == [] and report.fallback_events == []
 
     # what the caller said reached the LLM, which called the tool with its arguments
     caller_lines = [u.text for u in report.transcript if u.role == "caller"]

@@ -1,0 +1,213 @@
+"""The LLM chain: cloud tiers, then the embedded dialogue engine, then canned replies.
+
+Built on livekit-agents' ``llm.FallbackAdapter`` (its per-tier request, metrics forwarding
+and stream plumbing), with what it lacks for a phone call:
+
+- a **first-token budget**: a tier that connects and then says nothing for
+  ``first_token_s`` has failed (livekit waits for its whole ``attempt_timeout``);
+- an **empty reply** (a stream that ends with neither text nor a tool call) has failed;
+- a **circuit breaker** per cloud provider, shared by every call of the process: an open
+  breaker skips its tier at once (``plugins.circuit_breaker``);
+- every fallback is recorded (``fallback_events``, a log line, a Prometheus counter with
+  bounded labels).
+
+Local tiers have no breaker: they do not depend on anything that can go away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import asdict, dataclass
+from typing import Any, cast
+
+from livekit.agents import APIConnectionError, APIStatusError, llm
+from livekit.agents.llm.fallback_adapter import FallbackAdapter, FallbackLLMStream
+from livekit.agents.types import NOT_GIVEN, APIConnectOptions, NotGivenOr
+from prometheus_client import Counter
+
+from plugins.circuit_breaker import CircuitBreaker
+
+log = logging.getLogger("plugins.llm_chain")
+
+FIRST_TOKEN_S = 2.0
+ATTEMPT_TIMEOUT_S = 30.0
+
+FALLBACKS = Counter(
+    "voice_agent_fallbacks_total",
+    "A tier of a provider chain failed or was skipped, and the next one answered.",
+    ["stage", "provider", "reason"],
+)
+
+
+@dataclass(frozen=True)
+class FallbackEvent:
+    stage: str
+    provider: str
+    """The tier that failed or was skipped (its provider name)."""
+    reason: str
+    """``breaker_open``, ``first_token_timeout``, ``timeout``, ``connection``,
+    ``malformed``, ``rate_limited``, ``http_5xx``, ``http_4xx``, ``empty_reply`` or
+    ``error``."""
+    at: float
+    """Unix time."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class LLMChain(FallbackAdapter):
+    """``tiers`` in order of preference, each with its breaker (None: a local tier)."""
+
+    def __init__(
+        self,
+        tiers: list[tuple[llm.LLM, CircuitBreaker | None]],
+        *,
+        first_token_s: float = FIRST_TOKEN_S,
+        attempt_timeout_s: float = ATTEMPT_TIMEOUT_S,
+    ) -> None:
+        super().__init__(
+            [tier for tier, _ in tiers],
+            attempt_timeout=attempt_timeout_s,
+            max_retry_per_llm=0,
+            retry_on_chunk_sent=False,
+        )
+        self.breakers = [breaker for _, breaker in tiers]
+        self.first_token_s = first_token_s
+        self.fallback_events: list[FallbackEvent] = []
+        """Every fallback of this chain (one chain per call)."""
+
+    @property
+    def tiers(self) -> list[llm.LLM]:
+        return list(self._llm_instances)
+
+    def chat(
+        self,
+        *,
+        chat_ctx: llm.ChatContext,
+        tools: list[llm.Tool] | None = None,
+        conn_options: APIConnectOptions | None = None,
+        parallel_tool_calls: NotGivenOr[bool] = NOT_GIVEN,
+        tool_choice: NotGivenOr[llm.ToolChoice] = NOT_GIVEN,
+        extra_kwargs: NotGivenOr[dict[str, Any]] = NOT_GIVEN,
+    ) -> llm.LLMStream:
+        return LLMChainStream(
+            llm=self,
+            conn_options=conn_options or APIConnectOptions(max_retry=0, timeout=ATTEMPT_TIMEOUT_S),
+            chat_ctx=chat_ctx,
+            tools=tools or [],
+            parallel_tool_calls=parallel_tool_calls,
+            tool_choice=tool_choice,
+            extra_kwargs=extra_kwargs,
+        )
+
+    def record_fallback(self, tier: llm.LLM, breaker: CircuitBreaker | None, reason: str) -> None:
+        # the breaker's name (``llm/openai``), not the plugin's provider, which for a custom
+        # base URL is its host: metric labels stay a small fixed set
+        provider = breaker.provider if breaker is not None else f"llm/{tier.provider}"
+        event = FallbackEvent("llm", provider, reason, time.time())
+        self.fallback_events.append(event)
+        FALLBACKS.labels("llm", provider, reason).inc()
+        log.warning(
+            "llm tier failed; the next one answers",
+            extra={"provider": provider, "model": tier.model, "reason": reason},
+        )
+
+
+class EmptyReply(Exception):
+    """A tier's stream ended without text or a tool call."""
+
+
+class LLMChainStream(FallbackLLMStream):
+    _chain: LLMChain
+
+    def __init__(self, llm: LLMChain, **kwargs: Any) -> None:
+        super().__init__(llm, **kwargs)
+        self._chain = llm
+        self._tier_spoke = False
+
+    async def _run(self) -> None:
+        chain = self._chain
+        for tier, breaker in zip(chain.tiers, chain.breakers, strict=True):
+            if breaker is not None and not breaker.allow():
+                chain.record_fallback(tier, breaker, "breaker_open")
+                continue
+            self._tier_spoke = False
+            try:
+                await self._relay(tier)
+            except Exception as exc:
+                reason, retry_after_s = _classify(exc)
+                if breaker is not None:
+                    breaker.record_failure(retry_after_s=retry_after_s)
+                chain.record_fallback(tier, breaker, reason)
+                if self._tier_spoke:
+                    # the caller has heard part of this reply: another tier's answer would
+                    # repeat or contradict it (livekit's behaviour; see the README)
+                    raise
+                continue
+            if breaker is not None:
+                breaker.record_success()
+            return
+        raise APIConnectionError("every LLM tier failed")
+
+    async def _relay(self, tier: llm.LLM) -> None:
+        """Forward ``tier``'s chunks (``_tier_spoke`` once text or a tool call reached the
+        session). Raises on a failure, on no first token within the budget, and on an
+        empty reply."""
+        chunks = cast(AsyncGenerator[llm.ChatChunk, None], self._try_generate(llm=tier))
+        try:
+            try:
+                chunk = await asyncio.wait_for(anext(chunks), self._chain.first_token_s)
+            except StopAsyncIteration:
+                raise EmptyReply() from None
+            except TimeoutError:
+                raise FirstTokenTimeout() from None
+            while True:
+                delta = chunk.delta
+                self._event_ch.send_nowait(chunk)
+                if delta is not None and (delta.content or delta.tool_calls):
+                    self._tier_spoke = True
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+            if not self._tier_spoke:
+                raise EmptyReply()
+        finally:
+            await chunks.aclose()
+
+
+class FirstTokenTimeout(Exception):
+    """No first token within the chain's budget."""
+
+
+def _classify(exc: BaseException) -> tuple[str, float | None]:
+    """(reason, Retry-After seconds) for a tier's failure."""
+    if isinstance(exc, FirstTokenTimeout):
+        return "first_token_timeout", None
+    if isinstance(exc, EmptyReply):
+        return "empty_reply", None
+    if isinstance(exc, APIStatusError):
+        if exc.status_code == 429:
+            return "rate_limited", _retry_after_s(exc)
+        return ("http_5xx" if exc.status_code >= 500 else "http_4xx"), None
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return "timeout", None
+    if isinstance(exc, APIConnectionError):
+        # the plugins report a frame they cannot parse as a connection error
+        malformed = isinstance(exc.__cause__, (ValueError, TypeError, KeyError)) or any(
+            f"caused by {name}" in str(exc) for name in ("JSONDecodeError", "TypeError", "KeyError")
+        )
+        return ("malformed" if malformed else "connection"), None
+    return "error", None
+
+
+def _retry_after_s(exc: APIStatusError) -> float | None:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    value = body.get("retry_after") if body else None
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
