@@ -83,6 +83,13 @@ class LLMChain(FallbackAdapter):
     def tiers(self) -> list[llm.LLM]:
         return list(self._llm_instances)
 
+    async def aclose(self) -> None:
+        """Close every tier (livekit's adapter only lets go of their metrics): the chain is
+        the session's LLM, and the call closes it at its end."""
+        await super().aclose()
+        for tier in self._llm_instances:
+            await tier.aclose()
+
     def chat(
         self,
         *,
