@@ -1,0 +1,181 @@
+"""The caller's extra silence when the cloud LLM fails: our LLM chain against livekit's
+stock ``llm.FallbackAdapter`` (its defaults), in the same run.
+
+For each fault the loopback OpenAI server can inject (``tests/loopback``), ``--turns``
+requests go to (a) our chain (OpenAI -> dialogue engine -> canned, first-token budget 2 s,
+a fresh circuit breaker per turn so every turn meets the fault) and (b) the stock adapter
+over the same two tiers. A turn's time is from the request to the first text token the
+session would speak, beside the healthy cloud's in the same run. One more line: once the
+breaker is open, what a turn costs (no request is made to the failing provider). The LLM
+is the only stage measured: the rest of a turn's path is the same with or without a fault.
+
+Run from the repository root: ``python -m bench.failover [--turns N]``. Prints Markdown;
+the last line is the headline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from livekit.agents import llm
+from livekit.plugins import openai
+
+from agent.profile import builtin_profile, canned_policy, dialogue_policy
+from plugins.circuit_breaker import CircuitBreaker
+from plugins.dialogue_llm import DialogueLLM
+from plugins.llm_chain import LLMChain
+from tests.loopback.openai_server import OpenAIOptions, OpenAIServer
+
+FAULTS: dict[str, dict[str, Any]] = {
+    "connection refused": {"refuse": True},
+    "HTTP 500": {"status": 500},
+    "HTTP 429": {"status": 429},
+    "dropped connection": {"silent_close": True},
+    "malformed frames": {"garbage": "not_json"},
+    "empty reply": {"reply_chunks": []},
+    "connects, then silent": {"stall_s": 30.0},
+    "no first byte": {"first_byte_delay_s": 30.0},
+}
+STOCK_CAP_S = 20.0
+"""A stock turn still silent after this is cut off and counted at this value."""
+
+
+def cloud(server: OpenAIServer) -> llm.LLM:
+    return openai.LLM(model="gpt-bench", api_key="sk-bench", base_url=server.base_url)
+
+
+def ours(server: OpenAIServer, breaker: CircuitBreaker | None = None) -> llm.LLM:
+    profile = builtin_profile()
+    return LLMChain(
+        [
+            (cloud(server), breaker or CircuitBreaker("llm/openai")),
+            (DialogueLLM(dialogue_policy(profile)), None),
+            (DialogueLLM(canned_policy(profile)), None),
+        ]
+    )
+
+
+def stock(server: OpenAIServer) -> llm.LLM:
+    return llm.FallbackAdapter([cloud(server), DialogueLLM(dialogue_policy(builtin_profile()))])
+
+
+async def first_token_s(model: llm.LLM, cap_s: float = STOCK_CAP_S) -> float:
+    """Seconds from the request to its first text token (``cap_s`` if none came)."""
+    ctx = llm.ChatContext.empty()
+    ctx.add_message(role="user", content="Hello, is anyone there?")
+    started = time.perf_counter()
+
+    async def first() -> float:
+        async with model.chat(chat_ctx=ctx) as stream:
+            async for chunk in stream:
+                if chunk.delta and chunk.delta.content:
+                    return time.perf_counter() - started
+        return cap_s
+
+    try:
+        return await asyncio.wait_for(first(), cap_s)
+    except Exception:  # the stock adapter gives up with an error: silence until the cap
+        return cap_s
+    finally:
+        await model.aclose()
+
+
+async def measure(
+    server: OpenAIServer, make: Callable[[OpenAIServer], llm.LLM], turns: int
+) -> list[float]:
+    return [await first_token_s(make(server)) for _ in range(turns)]
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def shown(seconds: float) -> str:
+    return "never" if seconds >= STOCK_CAP_S else f"{seconds:.3f}"
+
+
+def set_fault(server: OpenAIServer, fault: dict[str, Any]) -> None:
+    """The server's options as new, with ``fault`` (the server keeps its options object)."""
+    fresh = OpenAIOptions(**fault)
+    for field in dataclasses.fields(fresh):
+        setattr(server.options, field.name, getattr(fresh, field.name))
+
+
+async def run(turns: int) -> str:
+    server = OpenAIServer(OpenAIOptions())
+    await server.start()
+    try:
+        healthy = await measure(server, cloud, turns)
+        base_s = statistics.median(healthy)
+        rows = []
+        for name, fault in FAULTS.items():
+            set_fault(server, fault)
+            ours_s = await measure(server, ours, turns)
+            stock_s = await measure(server, stock, turns)
+            rows.append((name, ours_s, stock_s))
+        # the breaker, once open: every turn skips the provider
+        set_fault(server, {"status": 500})
+        breaker = CircuitBreaker("llm/openai")
+        for _ in range(5):
+            await first_token_s(ours(server, breaker))
+        before = len(server.chat_requests)
+        open_s = [await first_token_s(ours(server, breaker)) for _ in range(turns)]
+        asked = len(server.chat_requests) - before
+    finally:
+        await server.aclose()
+
+    lines = [
+        f"Time to the first token the caller would hear, {turns} turns per row; the healthy "
+        f"cloud LLM (loopback) takes a median {base_s * 1000:.1f} ms in this run.",
+        "",
+        "| fault | ours P50 s | ours P95 s | stock P50 s | stock P95 s | stock / ours (P95) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    worst_ours = worst_stock = 0.0
+    silent: list[str] = []
+    for name, ours_s, stock_s in rows:
+        o50, o95, s50, s95 = pct(ours_s, 50), pct(ours_s, 95), pct(stock_s, 50), pct(stock_s, 95)
+        worst_ours = max(worst_ours, o95)
+        if s95 >= STOCK_CAP_S:
+            silent.append(name)
+            stock_cells, ratio = f"{shown(s50)} | {shown(s95)}", "-"
+        else:
+            worst_stock = max(worst_stock, s95)
+            stock_cells, ratio = f"{s50:.3f} | {s95:.3f}", f"{s95 / o95:.1f}"
+        lines.append(f"| {name} | {o50:.3f} | {o95:.3f} | {stock_cells} | {ratio} |")
+    lines += [
+        "",
+        f"Breaker open: {turns} turns, P50 {pct(open_s, 50) * 1000:.1f} ms, P95 "
+        f"{pct(open_s, 95) * 1000:.1f} ms to the engine's first token; {asked} requests "
+        "reached the failing provider.",
+        f"never: no first token within {STOCK_CAP_S:.0f} s (the stock adapter takes an empty "
+        "reply as served, so the caller hears nothing that turn).",
+        "",
+        f"Worst-fault P95 time to first token: ours {worst_ours:.2f} s, livekit's stock "
+        f"FallbackAdapter {worst_stock:.2f} s"
+        + (f" and never on: {', '.join(silent)}" if silent else "")
+        + f" (healthy cloud {base_s:.3f} s).",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--turns", type=int, default=20, help="turns per fault and adapter")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    # the loopback's complaints when a client hangs up on a stalled reply (expected here)
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
+    print(asyncio.run(run(args.turns)))
+
+
+if __name__ == "__main__":
+    main()
