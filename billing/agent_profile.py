@@ -11,19 +11,9 @@ from __future__ import annotations
 
 import re
 import string
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-TOOL_NAMES: tuple[str, ...] = (
-    "check_outage",
-    "lookup_account",
-    "billing_summary",
-    "create_ticket",
-    "transfer_to_human",
-    "end_call",
-)
-"""Every function tool the worker offers (``agent.tools`` implements exactly these)."""
 
 ToolName = Literal[
     "check_outage",
@@ -33,6 +23,8 @@ ToolName = Literal[
     "transfer_to_human",
     "end_call",
 ]
+TOOL_NAMES: tuple[str, ...] = get_args(ToolName)
+"""Every function tool the worker offers (``agent.tools`` implements exactly these)."""
 
 OPENAI_VOICES = frozenset(
     {"alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse"}
