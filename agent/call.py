@@ -115,21 +115,11 @@ class Call:
             await self._refuse(room, audio_input, audio_output, observe)
             return
         self.session = session = build_session(self._settings, self._vad, self.profile)
-        if audio_input is not None:
-            session.input.audio = audio_input
-        if audio_output is not None:
-            session.output.audio = audio_output
-        if observe is not None:
-            observe(session)
         self.agent = ProfileAgent(self.profile, greet=greet)
         self._start_metering(session)
         self._start_lease_keeping()
         session.on("close", self._on_session_close)
-        self.session_started_at = time.time()
-        if room is not None:
-            await session.start(agent=self.agent, room=room)
-        else:
-            await session.start(self.agent, record=False)
+        await self._start_session(self.agent, room, audio_input, audio_output, observe)
         log.info(
             "call started",
             extra={
@@ -221,20 +211,32 @@ class Call:
         observe: Callable[[AgentSession], None] | None,
     ) -> None:
         self.session = session = refusal_session(stage_settings(self._settings, self.profile))
+        await self._start_session(Agent(instructions=""), room, audio_input, audio_output, observe)
+        await say_refusal(session, self.decision.message or "")
+        await self.aclose("refused")
+
+    async def _start_session(
+        self,
+        agent: Agent,
+        room: rtc.Room | None,
+        audio_input: AudioInput | None,
+        audio_output: AudioOutput | None,
+        observe: Callable[[AgentSession], None] | None,
+    ) -> None:
+        """Start ``self.session`` with ``agent``: in ``room``, or on the given audio."""
+        session = self.session
+        assert session is not None
         if audio_input is not None:
             session.input.audio = audio_input
         if audio_output is not None:
             session.output.audio = audio_output
         if observe is not None:
             observe(session)
-        agent = Agent(instructions="")
         self.session_started_at = time.time()
         if room is not None:
             await session.start(agent=agent, room=room)
         else:
             await session.start(agent, record=False)
-        await say_refusal(session, self.decision.message or "")
-        await self.aclose("refused")
 
 
 def refusal_session(settings: Settings) -> AgentSession:
