@@ -11,6 +11,7 @@ from typing import TypeVar
 import httpx
 from pydantic import ValidationError
 
+from agent.settings import Settings
 from billing.agent_profile import AgentProfile
 from billing.internal_api import (
     ADMISSIONS_PATH,
@@ -45,6 +46,11 @@ class SidecarClient:
             headers={"Authorization": f"Bearer {service_token}"},
             timeout=timeout_s,
         )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SidecarClient:
+        """The client for ``SIDECAR_URL`` with ``SIDECAR_SERVICE_TOKEN``."""
+        return cls(settings.sidecar_url, settings.sidecar_service_token.get_secret_value())
 
     async def admit(
         self,
@@ -113,6 +119,12 @@ class SidecarClient:
             return await self._http.request(method, path, **kwargs)  # type: ignore[arg-type]
         except httpx.HTTPError as exc:
             raise SidecarUnavailable(f"{method} {path}: {exc!r}") from exc
+
+
+def configured_sidecar(settings: Settings) -> SidecarClient | None:
+    """The client for the configured sidecar; None when ``SIDECAR_URL`` is unset (the
+    one-machine default: no quotas, no billing)."""
+    return SidecarClient.from_settings(settings) if settings.sidecar_url else None
 
 
 _Model = TypeVar("_Model", AdmissionOut, LeaseOut, AgentProfileOut, WorkerHeartbeatOut)

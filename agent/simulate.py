@@ -28,7 +28,7 @@ from agent.metering import UsageTotals, usage_totals
 from agent.outbox import Outbox, OutboxSender
 from agent.profile import ProfileStore, local_profile
 from agent.settings import Settings
-from agent.sidecar_client import SidecarClient
+from agent.sidecar_client import SidecarClient, configured_sidecar
 from agent.tools import ProfileAgent
 from agent.wav_io import (
     AGENT_SAMPLE_RATE_HZ,
@@ -139,11 +139,7 @@ async def simulate_call(
     caller_audio_s = len(caller_pcm) / CALLER_SAMPLE_RATE_HZ
     # a recording has no acoustic echo: no echo-canceller warm-up to wait for
     settings = settings.model_copy(update={"aec_warmup_s": 0.0})
-    sidecar = (
-        SidecarClient(settings.sidecar_url, settings.sidecar_service_token.get_secret_value())
-        if settings.sidecar_url
-        else None
-    )
+    sidecar = configured_sidecar(settings)
     identity = CallIdentity(
         call_id=f"sim-{uuid.uuid4().hex[:16]}",
         organisation_id=opts.organisation_id or settings.default_organisation_id,
@@ -229,7 +225,7 @@ async def deliver_outbox(settings: Settings, *, max_rounds: int = 5) -> int:
     """Deliver what the outbox holds to the sidecar now (a simulated call has no worker
     whose link would); returns how many events are still pending."""
     outbox = Outbox(settings.outbox_path)
-    client = SidecarClient(settings.sidecar_url, settings.sidecar_service_token.get_secret_value())
+    client = SidecarClient.from_settings(settings)
     sender = OutboxSender(outbox, client)
     try:
         for _ in range(max_rounds):

@@ -29,7 +29,7 @@ from agent.outbox import Outbox, OutboxSender
 from agent.pipeline import build_stt, build_tts, load_vad
 from agent.profile import ProfileStore, local_profile
 from agent.settings import Settings
-from agent.sidecar_client import SidecarClient, SidecarUnavailable
+from agent.sidecar_client import SidecarClient, SidecarUnavailable, configured_sidecar
 
 log = logging.getLogger("agent.worker")
 
@@ -69,11 +69,7 @@ async def entrypoint(ctx: JobContext) -> None:
         caller_number, dialled_number = sip_numbers(await ctx.wait_for_participant())
     if dialled_number and not decision.dialled_number:
         decision = decision.model_copy(update={"dialled_number": dialled_number})
-    sidecar = (
-        SidecarClient(settings.sidecar_url, settings.sidecar_service_token.get_secret_value())
-        if settings.sidecar_url
-        else None
-    )
+    sidecar = configured_sidecar(settings)
     profile = await ctx.proc.userdata["profiles"].for_call(decision.agent_id, sidecar)
 
     def on_ended(status: str) -> None:
@@ -135,7 +131,7 @@ def start_sidecar_link(settings: Settings) -> threading.Event | None:
 
 
 async def _sidecar_link(settings: Settings, stop: threading.Event) -> None:
-    client = SidecarClient(settings.sidecar_url, settings.sidecar_service_token.get_secret_value())
+    client = SidecarClient.from_settings(settings)
     outbox = Outbox(settings.outbox_path)
     try:
         await asyncio.gather(OutboxSender(outbox, client).run(stop), _announce_worker(client, stop))
@@ -169,11 +165,7 @@ def build_server(settings: Settings) -> AgentServer:
         load_fnc=load,
         load_threshold=1.0,
     )
-    client = (
-        SidecarClient(settings.sidecar_url, settings.sidecar_service_token.get_secret_value())
-        if settings.sidecar_url
-        else None
-    )
+    client = configured_sidecar(settings)
     server.rtc_session(
         entrypoint,
         agent_name=settings.agent_name,
