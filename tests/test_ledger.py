@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -33,6 +34,7 @@ from billing.pricing import (
     MAX_BALANCE_MINOR,
     MAX_BLOCK_PRICE_MINOR,
     MAX_QUANTITY,
+    CallFacts,
     EventDraft,
     price_minor,
 )
@@ -206,6 +208,42 @@ def test_an_event_for_an_unknown_call_creates_the_call_row(engine):
         call = session.get(Call, "job-new")
     assert call is not None
     assert call.organisation_id == org
+
+
+def test_call_facts_make_the_row_and_the_last_events_close_it(engine):
+    org = seed_organisation(engine)
+    started = CallFacts(started_at=1_780_000_000.0, caller_number_masked="+*******4321",
+                        dialled_number="+15550100")  # fmt: skip
+    ended = replace(started, ended_at=1_780_000_095.0, status="ended")
+    with session_scope(engine) as session:
+        apply_event(session, replace(draft(org, call_id="job-facts", sequence=0), call=started))
+    with Session(engine) as session:
+        call = session.get(Call, "job-facts")
+        assert call is not None and (call.status, call.ended_at) == ("active", None)
+        assert call.caller_number_masked == "+*******4321" and call.dialled_number == "+15550100"
+    with session_scope(engine) as session:
+        apply_event(session, replace(draft(org, call_id="job-facts", sequence=1), call=ended))
+    with Session(engine) as session:
+        call = session.get(Call, "job-facts")
+        assert call is not None and call.status == "ended"
+        assert call.ended_at is not None
+        assert call.ended_at.replace(tzinfo=UTC).timestamp() == 1_780_000_095.0
+        assert call.started_at.replace(tzinfo=UTC).timestamp() == 1_780_000_000.0
+        assert call.caller_number_masked == "+*******4321"
+
+
+def test_facts_fill_a_row_made_by_events_without_them_and_never_blank_it(engine):
+    org = seed_organisation(engine)
+    facts = CallFacts(started_at=1_780_000_000.0, caller_number_masked="+*******4321")
+    with session_scope(engine) as session:
+        apply_event(session, draft(org, call_id="job-old", sequence=0))
+        apply_event(session, replace(draft(org, call_id="job-old", sequence=1), call=facts))
+        apply_event(
+            session, replace(draft(org, call_id="job-old", sequence=2), call=CallFacts(1.0))
+        )
+    with Session(engine) as session:
+        call = session.get(Call, "job-old")
+        assert call is not None and call.caller_number_masked == "+*******4321"
 
 
 def test_applying_an_event_twice_returns_the_first_result_and_charges_once(engine):
