@@ -31,7 +31,7 @@ from agent.admission import AdmissionDecision, CallIdentity, LeaseKeeper
 from agent.logs import call_id_var, mask_phone
 from agent.metering import CallMeter
 from agent.outbox import Outbox
-from agent.pipeline import build_session, build_tts, stage_settings
+from agent.pipeline import build_session, build_tts, phrasebook, stage_settings
 from agent.settings import Settings
 from agent.sidecar_client import SidecarClient
 from agent.tools import ProfileAgent
@@ -82,6 +82,7 @@ class Call:
         self._keeper: LeaseKeeper | None = None
         self._keeper_task: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
+        self._phrases_task: asyncio.Task[None] | None = None
         self.status: str | None = None
         self.ended = asyncio.Event()
         """Set once :meth:`aclose` has finished."""
@@ -120,6 +121,7 @@ class Call:
         self._start_lease_keeping()
         session.on("close", self._on_session_close)
         await self._start_session(self.agent, room, audio_input, audio_output, observe)
+        self._phrases_task = asyncio.create_task(self._prepare_phrases(), name="phrasebook")
         log.info(
             "call started",
             extra={
@@ -141,6 +143,8 @@ class Call:
     async def _teardown(self, status: str) -> None:
         self.status = status
         session = self.session
+        if self._phrases_task is not None:
+            self._phrases_task.cancel()
         # every step runs whatever the one before did: a failed session close must not
         # lose the call's usage, nor a failed flush keep the lease
         if session is not None:
@@ -203,6 +207,19 @@ class Call:
         self._keeper = LeaseKeeper(self._sidecar, self.identity, self.decision.lease_id)
         self._keeper_task = asyncio.create_task(self._keeper.run(), name="lease-keeper")
 
+    async def _prepare_phrases(self) -> None:
+        """Render the last TTS tier's fixed lines once the greeting has been heard (the
+        local voice serves one sentence at a time: rendering them first would delay it)."""
+        book = phrasebook(self.session.tts) if self.session is not None else None
+        if book is None or book.ready:
+            return
+        if isinstance(self.agent, ProfileAgent):
+            await self.agent.greeted.wait()
+        try:
+            await asyncio.to_thread(book.prepare)
+        except Exception:
+            log.exception("could not render the fixed lines; the last voice tier has none")
+
     async def _refuse(
         self,
         room: rtc.Room | None,
@@ -210,7 +227,9 @@ class Call:
         audio_output: AudioOutput | None,
         observe: Callable[[AgentSession], None] | None,
     ) -> None:
-        self.session = session = refusal_session(stage_settings(self._settings, self.profile))
+        self.session = session = refusal_session(
+            stage_settings(self._settings, self.profile), self.profile, self.decision.message or ""
+        )
         await self._start_session(Agent(instructions=""), room, audio_input, audio_output, observe)
         await say_refusal(session, self.decision.message or "")
         await self.aclose("refused")
@@ -239,9 +258,9 @@ class Call:
             await session.start(agent, record=False)
 
 
-def refusal_session(settings: Settings) -> AgentSession:
+def refusal_session(settings: Settings, profile: AgentProfile, message: str) -> AgentSession:
     """A voice-only session for a refused call: no STT or LLM, so it costs nothing."""
-    return AgentSession(tts=build_tts(settings))
+    return AgentSession(tts=build_tts(settings, profile, lines=[message]))
 
 
 async def say_refusal(session: AgentSession, message: str) -> None:

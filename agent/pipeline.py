@@ -9,17 +9,20 @@ the agent's profile chooses among them per stage (``stage_settings``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from livekit.agents import AgentSession, llm, stt, tts, vad
 from livekit.agents.voice.turn import TurnHandlingOptions
 
-from agent.profile import canned_policy, dialogue_policy
+from agent.profile import TROUBLE_REPLY, canned_policy, dialogue_policy
 from agent.settings import Settings
 from billing.agent_profile import AgentProfile
 
 if TYPE_CHECKING:
     from plugins.circuit_breaker import CircuitBreaker
+    from plugins.phrasebook import PhrasebookTTS
+    from plugins.tts_chain import TTSChain
 
 log = logging.getLogger("agent.pipeline")
 
@@ -106,30 +109,61 @@ def build_llm(settings: Settings, profile: AgentProfile) -> llm.LLM:
     return LLMChain(tiers, first_token_s=settings.llm_first_token_s)
 
 
-def build_tts(settings: Settings) -> tts.TTS:
-    provider = settings.resolved_tts()
-    if provider == "elevenlabs":
-        from livekit.plugins import elevenlabs
-
-        return elevenlabs.TTS(
-            voice_id=settings.elevenlabs_voice_id,
-            model=settings.elevenlabs_model,
-            api_key=settings.elevenlabs_api_key.get_secret_value(),
-            base_url=settings.elevenlabs_base_url,
-        )
-    if provider == "openai":
-        from livekit.plugins import openai
-
-        return openai.TTS(
-            model=settings.openai_tts_model,
-            voice=settings.openai_tts_voice,
-            api_key=settings.openai_api_key.get_secret_value(),
-            base_url=settings.openai_base_url,
-            response_format="pcm",
-        )
+def build_tts(settings: Settings, profile: AgentProfile, *, lines: Sequence[str] = ()) -> TTSChain:
+    """The TTS chain: the cloud voices whose keys are set (the chosen provider first, then
+    ElevenLabs, then OpenAI; each behind its process-wide circuit breaker), the local voice,
+    then the profile's fixed lines (and ``lines``) pre-rendered by the local voice."""
+    from plugins.circuit_breaker import breaker_for
     from plugins.local_tts import PiperTTS
+    from plugins.phrasebook import PhrasebookTTS
+    from plugins.tts_chain import TTSChain
 
-    return PiperTTS()
+    chosen = settings.resolved_tts()
+    cloud: list[str] = []
+    if chosen != "local":
+        keyed = {
+            "elevenlabs": settings.elevenlabs_api_key.get_secret_value(),
+            "openai": settings.openai_api_key.get_secret_value(),
+        }
+        cloud = [p for p in (chosen, "elevenlabs", "openai") if keyed.get(p)]
+        cloud = list(dict.fromkeys(cloud))
+    tiers: list[tuple[tts.TTS, CircuitBreaker | None]] = []
+    for provider in cloud:
+        if provider == "elevenlabs":
+            from livekit.plugins import elevenlabs
+
+            voice: tts.TTS = elevenlabs.TTS(
+                voice_id=settings.elevenlabs_voice_id,
+                model=settings.elevenlabs_model,
+                api_key=settings.elevenlabs_api_key.get_secret_value(),
+                base_url=settings.elevenlabs_base_url,
+            )
+            tiers.append((voice, breaker_for("tts/elevenlabs", settings.elevenlabs_base_url)))
+        else:
+            from livekit.plugins import openai
+
+            voice = openai.TTS(
+                model=settings.openai_tts_model,
+                voice=settings.openai_tts_voice,
+                api_key=settings.openai_api_key.get_secret_value(),
+                base_url=settings.openai_base_url,
+                response_format="pcm",
+            )
+            tiers.append((voice, breaker_for("tts/openai", settings.openai_base_url)))
+    local = PiperTTS()
+    tiers.append((local, None))
+    fixed = (profile.greeting, profile.goodbye, *lines)
+    tiers.append((PhrasebookTTS(local, fixed, trouble_line=TROUBLE_REPLY), None))
+    return TTSChain(tiers, first_audio_s=settings.tts_first_audio_s)
+
+
+def phrasebook(tts_model: tts.TTS | None) -> PhrasebookTTS | None:
+    """The last tier of a TTS chain: its fixed lines are rendered in the worker's prewarm
+    (the default agent) or once a call has started, off the greeting's path."""
+    from plugins.phrasebook import PhrasebookTTS
+
+    tiers = getattr(tts_model, "tiers", [])
+    return tiers[-1] if tiers and isinstance(tiers[-1], PhrasebookTTS) else None
 
 
 def build_session(settings: Settings, vad_model: vad.VAD, profile: AgentProfile) -> AgentSession:
@@ -138,7 +172,7 @@ def build_session(settings: Settings, vad_model: vad.VAD, profile: AgentProfile)
     settings = stage_settings(settings, profile)
     stt_model = build_stt(settings)
     llm_model = build_llm(settings, profile)
-    tts_model = build_tts(settings)
+    tts_model = build_tts(settings, profile)
     log.info(
         "session assembled",
         extra={"stt": stt_model.label, "llm": llm_model.label, "tts": tts_model.label},

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     llm_first_token_s: float = Field(default=2.0, gt=0)
     """A cloud LLM that has not started its reply within this has failed: the next tier
     answers."""
+    tts_first_audio_s: float = Field(default=1.5, gt=0)
+    """A cloud voice that has not started a sentence's audio within this (or stops for as
+    long in the middle of one) has failed: the next voice says the rest."""
 
     # turn taking
     min_endpointing_delay_s: float = Field(default=0.5, ge=0.0)

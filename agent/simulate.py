@@ -37,7 +37,9 @@ from agent.wav_io import (
     CapturedAudioOutput,
 )
 from billing.agent_profile import AgentProfile
+from plugins.fallback import FallbackEvent
 from plugins.llm_chain import LLMChain
+from plugins.tts_chain import TTSChain
 
 log = logging.getLogger("agent.simulate")
 
@@ -185,9 +187,12 @@ async def simulate_call(
         stack = {
             "stt": session.stt.label if session.stt else "",
             "llm": _chain_label(session.llm),
-            "tts": session.tts.label if session.tts else "",
+            "tts": _chain_label(session.tts),
         }
-        fallbacks = session.llm.fallback_events if isinstance(session.llm, LLMChain) else []
+        fallbacks = sorted(
+            (e for model in (session.stt, session.llm, session.tts) for e in _fallbacks(model)),
+            key=lambda e: e.at,
+        )
         usage = session.usage
 
     report = CallReport(
@@ -211,9 +216,13 @@ async def simulate_call(
 
 def _chain_label(model: Any) -> str:
     """A chain's tiers in order (``a -> b -> c``), else the model's label."""
-    if isinstance(model, LLMChain):
+    if isinstance(model, (LLMChain, TTSChain)):
         return " -> ".join(tier.label for tier in model.tiers)
     return model.label if model is not None else ""
+
+
+def _fallbacks(model: Any) -> list[FallbackEvent]:
+    return list(model.fallback_events) if isinstance(model, (LLMChain, TTSChain)) else []
 
 
 def _observe(session: Any, collector: _EventCollector, activity: _ActivityTracker) -> None:

@@ -26,7 +26,7 @@ from agent.admission import (
 from agent.call import Call
 from agent.logs import call_id_var, mask_phone
 from agent.outbox import Outbox, OutboxSender
-from agent.pipeline import build_stt, build_tts, load_vad
+from agent.pipeline import build_stt, build_tts, load_vad, phrasebook
 from agent.profile import ProfileStore, local_profile
 from agent.settings import Settings
 from agent.sidecar_client import SidecarClient, SidecarUnavailable, configured_sidecar
@@ -47,8 +47,10 @@ def prewarm(proc: JobProcess) -> None:
     proc.userdata["profiles"] = ProfileStore(profile)
     if settings.resolved_stt() == "local":
         build_stt(settings).prewarm()  # type: ignore[attr-defined]
-    if settings.resolved_tts() == "local":
-        build_tts(settings)  # loads the voice into the process-wide cache
+    # the local voice (every TTS chain's last voice) and the default agent's fixed lines
+    book = phrasebook(build_tts(settings, profile))
+    if book is not None:
+        book.prepare()
 
 
 async def entrypoint(ctx: JobContext) -> None:

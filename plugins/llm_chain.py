@@ -17,45 +17,18 @@ Local tiers have no breaker: they do not depend on anything that can go away.
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 from collections.abc import AsyncGenerator
-from dataclasses import asdict, dataclass
 from typing import Any, cast
 
-from livekit.agents import APIConnectionError, APIStatusError, llm
+from livekit.agents import APIConnectionError, llm
 from livekit.agents.llm.fallback_adapter import FallbackAdapter, FallbackLLMStream
 from livekit.agents.types import NOT_GIVEN, APIConnectOptions, NotGivenOr
-from prometheus_client import Counter
 
 from plugins.circuit_breaker import CircuitBreaker
-
-log = logging.getLogger("plugins.llm_chain")
+from plugins.fallback import FallbackEvent, TierSilent, TierTimeout, classify, record_fallback
 
 FIRST_TOKEN_S = 2.0
 ATTEMPT_TIMEOUT_S = 30.0
-
-FALLBACKS = Counter(
-    "voice_agent_fallbacks_total",
-    "A tier of a provider chain failed or was skipped, and the next one answered.",
-    ["stage", "provider", "reason"],
-)
-
-
-@dataclass(frozen=True)
-class FallbackEvent:
-    stage: str
-    provider: str
-    """The tier that failed or was skipped (its provider name)."""
-    reason: str
-    """``breaker_open``, ``first_token_timeout``, ``timeout``, ``connection``,
-    ``malformed``, ``rate_limited``, ``http_5xx``, ``http_4xx``, ``empty_reply`` or
-    ``error``."""
-    at: float
-    """Unix time."""
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class LLMChain(FallbackAdapter):
@@ -114,17 +87,7 @@ class LLMChain(FallbackAdapter):
         # the breaker's name (``llm/openai``), not the plugin's provider, which for a custom
         # base URL is its host: metric labels stay a small fixed set
         provider = breaker.provider if breaker is not None else f"llm/{tier.provider}"
-        event = FallbackEvent("llm", provider, reason, time.time())
-        self.fallback_events.append(event)
-        FALLBACKS.labels("llm", provider, reason).inc()
-        log.warning(
-            "llm tier failed; the next one answers",
-            extra={"provider": provider, "model": tier.model, "reason": reason},
-        )
-
-
-class EmptyReply(Exception):
-    """A tier's stream ended without text or a tool call."""
+        record_fallback(self.fallback_events, "llm", provider, reason, model=tier.model)
 
 
 class LLMChainStream(FallbackLLMStream):
@@ -145,7 +108,7 @@ class LLMChainStream(FallbackLLMStream):
             try:
                 await self._relay(tier)
             except Exception as exc:
-                reason, retry_after_s = _classify(exc)
+                reason, retry_after_s = classify(exc)
                 if breaker is not None:
                     breaker.record_failure(retry_after_s=retry_after_s)
                 chain.record_fallback(tier, breaker, reason)
@@ -168,9 +131,9 @@ class LLMChainStream(FallbackLLMStream):
             try:
                 chunk = await asyncio.wait_for(anext(chunks), self._chain.first_token_s)
             except StopAsyncIteration:
-                raise EmptyReply() from None
+                raise TierSilent("empty_reply") from None
             except TimeoutError:
-                raise FirstTokenTimeout() from None
+                raise TierTimeout("first_token_timeout") from None
             while True:
                 delta = chunk.delta
                 self._event_ch.send_nowait(chunk)
@@ -181,40 +144,6 @@ class LLMChainStream(FallbackLLMStream):
                 except StopAsyncIteration:
                     break
             if not self._tier_spoke:
-                raise EmptyReply()
+                raise TierSilent("empty_reply")
         finally:
             await chunks.aclose()
-
-
-class FirstTokenTimeout(Exception):
-    """No first token within the chain's budget."""
-
-
-def _classify(exc: BaseException) -> tuple[str, float | None]:
-    """(reason, Retry-After seconds) for a tier's failure."""
-    if isinstance(exc, FirstTokenTimeout):
-        return "first_token_timeout", None
-    if isinstance(exc, EmptyReply):
-        return "empty_reply", None
-    if isinstance(exc, APIStatusError):
-        if exc.status_code == 429:
-            return "rate_limited", _retry_after_s(exc)
-        return ("http_5xx" if exc.status_code >= 500 else "http_4xx"), None
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return "timeout", None
-    if isinstance(exc, APIConnectionError):
-        # the plugins report a frame they cannot parse as a connection error
-        malformed = isinstance(exc.__cause__, (ValueError, TypeError, KeyError)) or any(
-            f"caused by {name}" in str(exc) for name in ("JSONDecodeError", "TypeError", "KeyError")
-        )
-        return ("malformed" if malformed else "connection"), None
-    return "error", None
-
-
-def _retry_after_s(exc: APIStatusError) -> float | None:
-    body = exc.body if isinstance(exc.body, dict) else {}
-    value = body.get("retry_after") if body else None
-    try:
-        return float(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None

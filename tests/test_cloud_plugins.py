@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,7 +26,6 @@ from livekit.agents import (
     stt,
 )
 from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT
-from livekit.agents.utils import http_context
 from livekit.plugins import deepgram, elevenlabs, openai
 
 from tests.loopback import tone
@@ -89,13 +88,6 @@ async def events_until(
         if ev.type == last:
             return seen
     raise AssertionError(f"stream ended before {last}: {[e.type for e in seen]}")
-
-
-@pytest.fixture
-async def job_http_session() -> AsyncIterator[None]:
-    """The shared aiohttp session the Deepgram and ElevenLabs plugins expect from a job."""
-    async with http_context.open():
-        yield
 
 
 # -- Deepgram -------------------------------------------------------------------------------

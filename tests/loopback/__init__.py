@@ -49,6 +49,9 @@ class Faults:
     garbage: Garbage | None = None
     """Send this instead of every scripted message or body: ``"not_json"`` (unparseable
     text) or ``"wrong_schema"`` (valid JSON the client does not expect)."""
+    drop_after_fraction: float | None = None
+    """Send this fraction (0-1) of a streamed body (a TTS endpoint's audio), then drop the
+    TCP connection: a stream that dies mid-utterance."""
     fault_count: int | None = None
     """How many more requests or connections get the faults; ``None`` means all of them.
     Counts down, so a test can fail the first attempt and let a retry through."""
@@ -153,6 +156,28 @@ class LoopbackServer:
             # aiohttp writes nothing to a closed transport; the client sees a bare EOF
             return web.Response()
         return None
+
+    async def _write_streamed(
+        self,
+        request: web.Request,
+        resp: web.StreamResponse,
+        body: bytes,
+        faults: Faults | None,
+        *,
+        piece_bytes: int,
+    ) -> bool:
+        """Write ``body`` in pieces of ``piece_bytes`` (a streamed response); with
+        ``drop_after_fraction``, stop after that much and drop the connection. Returns
+        False when it dropped (the response must not be ended)."""
+        limit = len(body)
+        if faults is not None and faults.drop_after_fraction is not None:
+            limit = int(len(body) * faults.drop_after_fraction)
+        for i in range(0, limit, piece_bytes):
+            await resp.write(body[i : min(i + piece_bytes, limit)])
+        if limit < len(body):
+            self._drop(request)
+            return False
+        return True
 
     def _drop(self, request: web.Request) -> None:
         """Close the TCP connection under ``request`` without a response or close frame."""

@@ -164,7 +164,10 @@ class ElevenLabsServer(LoopbackServer):
         if garbage:
             await resp.write(b"{ this is not audio")
         else:
-            await resp.write(voice.speak(str(body.get("text", ""))) + voice.finish())
+            audio = voice.speak(str(body.get("text", ""))) + voice.finish()
+            piece = max(1, len(audio) // 10)  # streamed in ten writes
+            if not await self._write_streamed(request, resp, audio, faults, piece_bytes=piece):
+                return resp
         await resp.write_eof()
         return resp
 

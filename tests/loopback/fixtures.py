@@ -8,12 +8,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest_asyncio
+from livekit.agents.utils import http_context
 
 from tests.loopback.deepgram_server import DeepgramServer
 from tests.loopback.elevenlabs_server import ElevenLabsServer
 from tests.loopback.openai_server import OpenAIServer
 
-__all__ = ["deepgram_server", "elevenlabs_server", "openai_server"]
+__all__ = ["deepgram_server", "elevenlabs_server", "job_http_session", "openai_server"]
 
 
 @pytest_asyncio.fixture
@@ -35,3 +36,10 @@ async def elevenlabs_server() -> AsyncIterator[ElevenLabsServer]:
     """A running loopback ElevenLabs speaking a 440 Hz tone, 30 ms per character."""
     async with ElevenLabsServer() as server:
         yield server
+
+
+@pytest_asyncio.fixture
+async def job_http_session() -> AsyncIterator[None]:
+    """The shared aiohttp session the Deepgram and ElevenLabs plugins expect from a job."""
+    async with http_context.open():
+        yield

@@ -218,24 +218,24 @@ class OpenAIServer(LoopbackServer):
 
         pcm = self.speech_pcm(str(body.get("input", "")))
         step = SPEECH_SAMPLE_RATE_HZ // 10 * 2  # 100 ms per write, like a streamed body
+        if not sse:
+            if await self._write_streamed(request, resp, pcm, faults, piece_bytes=step):
+                await resp.write_eof()
+            return resp
         for i in range(0, len(pcm), step):
             piece = pcm[i : i + step]
-            if sse:
-                event = {"type": "speech.audio.delta", "audio": base64.b64encode(piece).decode()}
-                await resp.write(f"data: {json.dumps(event)}\n\n".encode())
-            else:
-                await resp.write(piece)
-        if sse:
-            tokens = len(str(body.get("input", ""))) // 4 + 1
-            done = {
-                "type": "speech.audio.done",
-                "usage": {
-                    "input_tokens": tokens,
-                    "output_tokens": len(pcm) // 2 // 480,
-                    "total_tokens": tokens + len(pcm) // 2 // 480,
-                },
-            }
-            await resp.write(f"data: {json.dumps(done)}\n\n".encode())
+            event = {"type": "speech.audio.delta", "audio": base64.b64encode(piece).decode()}
+            await resp.write(f"data: {json.dumps(event)}\n\n".encode())
+        tokens = len(str(body.get("input", ""))) // 4 + 1
+        done = {
+            "type": "speech.audio.done",
+            "usage": {
+                "input_tokens": tokens,
+                "output_tokens": len(pcm) // 2 // 480,
+                "total_tokens": tokens + len(pcm) // 2 // 480,
+            },
+        }
+        await resp.write(f"data: {json.dumps(done)}\n\n".encode())
         await resp.write_eof()
         return resp
 
