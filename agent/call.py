@@ -28,6 +28,7 @@ from livekit.agents.voice import events
 from livekit.agents.voice.io import AudioInput, AudioOutput
 
 from agent.admission import AdmissionDecision, CallIdentity, LeaseKeeper
+from agent.interruption import InterruptionPolicy
 from agent.logs import call_id_var, mask_phone
 from agent.metering import CallMeter
 from agent.outbox import Outbox
@@ -83,6 +84,7 @@ class Call:
         self._keeper_task: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
         self._phrases_task: asyncio.Task[None] | None = None
+        self.interruptions: InterruptionPolicy | None = None
         self.status: str | None = None
         self.ended = asyncio.Event()
         """Set once :meth:`aclose` has finished."""
@@ -116,7 +118,9 @@ class Call:
             await self._refuse(room, audio_input, audio_output, observe)
             return
         self.session = session = build_session(self._settings, self._vad, self.profile)
-        self.agent = ProfileAgent(self.profile, greet=greet)
+        self.interruptions = InterruptionPolicy(confirm_s=self._settings.interrupt_confirm_s)
+        self.interruptions.attach(session)
+        self.agent = ProfileAgent(self.profile, greet=greet, interruptions=self.interruptions)
         self._start_metering(session)
         self._start_lease_keeping()
         session.on("close", self._on_session_close)
@@ -145,6 +149,8 @@ class Call:
         session = self.session
         if self._phrases_task is not None:
             self._phrases_task.cancel()
+        if self.interruptions is not None:
+            self.interruptions.close()
         # every step runs whatever the one before did: a failed session close must not
         # lose the call's usage, nor a failed flush keep the lease
         if session is not None:

@@ -185,6 +185,13 @@ def build_session(settings: Settings, vad_model: vad.VAD, profile: AgentProfile)
         aec_warmup_duration=settings.aec_warmup_s or None,
         turn_handling=TurnHandlingOptions(
             turn_detection="vad",
+            # pause at the onset; agent.interruption decides whether it was real
+            interruption={
+                "mode": "vad",
+                "min_duration": settings.interrupt_onset_s,
+                "resume_false_interruption": True,
+                "false_interruption_timeout": settings.interrupt_resume_s,
+            },
             endpointing={
                 "min_delay": settings.min_endpointing_delay_s,
                 "max_delay": settings.max_endpointing_delay_s,

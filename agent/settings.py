@@ -54,6 +54,18 @@ class Settings(BaseSettings):
     """A cloud voice that has not started a sentence's audio within this (or stops for as
     long in the middle of one) has failed: the next voice says the rest."""
 
+    # barge-in (agent/interruption.py)
+    interrupt_onset_s: float = Field(default=0.03, ge=0.0)
+    """Caller speech this long over the agent pauses its audio (livekit's default: 0.5)."""
+    interrupt_confirm_s: float = Field(default=1.2, gt=0.0)
+    """The caller still speaking this long after the onset is a real interruption: the
+    agent stops for good. Shorter sounds are not: the agent resumes. "Still speaking" is
+    the VAD's: Silero hears the end of speech 0.55 s after it, so a 0.5 s "uh-huh" counts
+    as speaking for about 1.05 s."""
+    interrupt_resume_s: float = Field(default=0.2, gt=0.0)
+    """Silence after a short sound over the agent before its sentence resumes (livekit's
+    ``false_interruption_timeout``; counted from the VAD's end of speech)."""
+
     # turn taking
     min_endpointing_delay_s: float = Field(default=0.5, ge=0.0)
     max_endpointing_delay_s: float = Field(default=3.0, ge=0.0)

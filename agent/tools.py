@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterable
 
-from livekit.agents import Agent, RunContext, function_tool
+from livekit import rtc
+from livekit.agents import Agent, ModelSettings, RunContext, function_tool, stt
 from livekit.agents.llm import FunctionTool, RawFunctionTool, find_function_tools
 
+from agent.interruption import InterruptionPolicy
 from agent.support_desk import SupportDesk
 from billing.agent_profile import AgentProfile
 
@@ -94,14 +97,37 @@ class ProfileAgent(Agent):
     when it enters the session (livekit's ``on_enter``) unless told not to."""
 
     def __init__(
-        self, profile: AgentProfile, *, tools: CallTools | None = None, greet: bool = True
+        self,
+        profile: AgentProfile,
+        *,
+        tools: CallTools | None = None,
+        greet: bool = True,
+        interruptions: InterruptionPolicy | None = None,
     ) -> None:
         self.profile = profile
+        self.interruptions = interruptions
         self.call_tools = tools or CallTools(profile)
         self._greet = greet
         self.greeted = asyncio.Event()
         """Set once the greeting has been played out (or cut off), or at once without one."""
         super().__init__(instructions=profile.instructions, tools=list(self.call_tools.granted()))
+
+    async def stt_node(
+        self, audio: AsyncIterable[rtc.AudioFrame], model_settings: ModelSettings
+    ) -> AsyncIterable[stt.SpeechEvent | str]:
+        """livekit's STT node, less the backchannels said over the agent (they must not
+        commit a turn: the agent keeps speaking)."""
+        async for ev in Agent.default.stt_node(self, audio, model_settings):
+            if (
+                self.interruptions is not None
+                and isinstance(ev, stt.SpeechEvent)
+                and ev.type
+                in (stt.SpeechEventType.INTERIM_TRANSCRIPT, stt.SpeechEventType.FINAL_TRANSCRIPT)
+                and ev.alternatives
+                and self.interruptions.swallow(ev.alternatives[0].text)
+            ):
+                continue
+            yield ev
 
     async def on_enter(self) -> None:
         if not self._greet:
