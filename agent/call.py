@@ -28,6 +28,7 @@ from livekit.agents.voice import events
 from livekit.agents.voice.io import AudioInput, AudioOutput
 
 from agent.admission import AdmissionDecision, CallIdentity, LeaseKeeper
+from agent.echo import EchoCanceller
 from agent.interruption import InterruptionPolicy
 from agent.logs import call_id_var, mask_phone
 from agent.metering import CallMeter
@@ -251,15 +252,20 @@ class Call:
         """Start ``self.session`` with ``agent``: in ``room``, or on the given audio."""
         session = self.session
         assert session is not None
+        echo = EchoCanceller() if self._settings.echo_cancellation else None
         if audio_input is not None:
-            session.input.audio = audio_input
+            session.input.audio = echo.input(audio_input) if echo else audio_input
         if audio_output is not None:
-            session.output.audio = audio_output
+            session.output.audio = echo.output(audio_output) if echo else audio_output
         if observe is not None:
             observe(session)
         self.session_started_at = time.time()
         if room is not None:
             await session.start(agent=agent, room=room)
+            # the room's own input and output exist once the session has joined
+            if echo is not None and session.input.audio and session.output.audio:
+                session.input.audio = echo.input(session.input.audio)
+                session.output.audio = echo.output(session.output.audio)
         else:
             await session.start(agent, record=False)
 

@@ -22,6 +22,7 @@ from billing.agent_profile import AgentProfile
 if TYPE_CHECKING:
     from plugins.circuit_breaker import CircuitBreaker
     from plugins.phrasebook import PhrasebookTTS
+    from plugins.stt_chain import STTChain
     from plugins.tts_chain import TTSChain
 
 log = logging.getLogger("agent.pipeline")
@@ -34,18 +35,26 @@ def load_vad() -> vad.VAD:
     return silero.VAD.load()
 
 
-def build_stt(settings: Settings) -> stt.STT:
+def build_stt(settings: Settings, vad_model: vad.VAD) -> STTChain:
+    """The STT chain: Deepgram (when its key is set and the settings do not force the
+    local STT; behind its process-wide circuit breaker), then the local Whisper (through
+    livekit's ``stt.StreamAdapter`` with the call's VAD)."""
+    from plugins.circuit_breaker import breaker_for
+    from plugins.local_stt import WhisperSTT
+    from plugins.stt_chain import STTChain
+
+    tiers: list[tuple[stt.STT, CircuitBreaker | None]] = []
     if settings.resolved_stt() == "deepgram":
         from livekit.plugins import deepgram
 
-        return deepgram.STT(
+        cloud = deepgram.STT(
             model=settings.deepgram_model,
             api_key=settings.deepgram_api_key.get_secret_value(),
             base_url=settings.deepgram_base_url,
         )
-    from plugins.local_stt import WhisperSTT
-
-    return WhisperSTT()
+        tiers.append((cloud, breaker_for("stt/deepgram", settings.deepgram_base_url)))
+    tiers.append((WhisperSTT(), None))
+    return STTChain(tiers, vad=vad_model, no_result_s=settings.stt_no_result_s)
 
 
 def stage_settings(settings: Settings, profile: AgentProfile) -> Settings:
@@ -170,7 +179,7 @@ def build_session(settings: Settings, vad_model: vad.VAD, profile: AgentProfile)
     """The session a call of ``profile`` runs; it does not own its models (the call object
     closes them)."""
     settings = stage_settings(settings, profile)
-    stt_model = build_stt(settings)
+    stt_model = build_stt(settings, vad_model)
     llm_model = build_llm(settings, profile)
     tts_model = build_tts(settings, profile)
     log.info(

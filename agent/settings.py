@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     llm_first_token_s: float = Field(default=2.0, gt=0)
     """A cloud LLM that has not started its reply within this has failed: the next tier
     answers."""
+    stt_no_result_s: float = Field(default=3.0, gt=0)
+    """A cloud STT that has heard this long of audible caller audio without a single result
+    has failed: the local STT takes over, from the words it had not finalised."""
     tts_first_audio_s: float = Field(default=1.5, gt=0)
     """A cloud voice that has not started a sentence's audio within this (or stops for as
     long in the middle of one) has failed: the next voice says the rest."""
@@ -65,6 +68,10 @@ class Settings(BaseSettings):
     interrupt_resume_s: float = Field(default=0.2, gt=0.0)
     """Silence after a short sound over the agent before its sentence resumes (livekit's
     ``false_interruption_timeout``; counted from the VAD's end of speech)."""
+
+    echo_cancellation: bool = True
+    """Take the agent's own voice out of the caller's channel (agent/echo.py; WebRTC AEC3)
+    before the VAD and the STT hear it. The console has its own (livekit's)."""
 
     # turn taking
     min_endpointing_delay_s: float = Field(default=0.5, ge=0.0)

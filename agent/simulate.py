@@ -39,6 +39,7 @@ from agent.wav_io import (
 from billing.agent_profile import AgentProfile
 from plugins.fallback import FallbackEvent
 from plugins.llm_chain import LLMChain
+from plugins.stt_chain import STTChain
 from plugins.tts_chain import TTSChain
 
 log = logging.getLogger("agent.simulate")
@@ -185,7 +186,7 @@ async def simulate_call(
         session = call.session
         assert session is not None
         stack = {
-            "stt": session.stt.label if session.stt else "",
+            "stt": _chain_label(session.stt),
             "llm": _chain_label(session.llm),
             "tts": _chain_label(session.tts),
         }
@@ -216,13 +217,14 @@ async def simulate_call(
 
 def _chain_label(model: Any) -> str:
     """A chain's tiers in order (``a -> b -> c``), else the model's label."""
-    if isinstance(model, (LLMChain, TTSChain)):
+    if isinstance(model, (STTChain, LLMChain, TTSChain)):
         return " -> ".join(tier.label for tier in model.tiers)
     return model.label if model is not None else ""
 
 
 def _fallbacks(model: Any) -> list[FallbackEvent]:
-    return list(model.fallback_events) if isinstance(model, (LLMChain, TTSChain)) else []
+    chains = (STTChain, LLMChain, TTSChain)
+    return list(model.fallback_events) if isinstance(model, chains) else []
 
 
 def _observe(session: Any, collector: _EventCollector, activity: _ActivityTracker) -> None:

@@ -26,10 +26,11 @@ from agent.admission import (
 from agent.call import Call
 from agent.logs import call_id_var, mask_phone
 from agent.outbox import Outbox, OutboxSender
-from agent.pipeline import build_stt, build_tts, load_vad, phrasebook
+from agent.pipeline import build_tts, load_vad, phrasebook
 from agent.profile import ProfileStore, local_profile
 from agent.settings import Settings
 from agent.sidecar_client import SidecarClient, SidecarUnavailable, configured_sidecar
+from plugins.local_stt import WhisperSTT
 
 log = logging.getLogger("agent.worker")
 
@@ -45,8 +46,7 @@ def prewarm(proc: JobProcess) -> None:
     profile = local_profile(settings.agent_profile)
     proc.userdata["vad"] = load_vad()
     proc.userdata["profiles"] = ProfileStore(profile)
-    if settings.resolved_stt() == "local":
-        build_stt(settings).prewarm()  # type: ignore[attr-defined]
+    WhisperSTT().prewarm()  # every STT chain's last tier
     # the local voice (every TTS chain's last voice) and the default agent's fixed lines
     book = phrasebook(build_tts(settings, profile))
     if book is not None:
@@ -66,6 +66,8 @@ async def entrypoint(ctx: JobContext) -> None:
     await ctx.connect()
     if ctx.is_fake_job():  # the console: no dispatch, no admission, the local mic is the caller
         decision, caller_number, dialled_number = AdmissionDecision(status="unmetered"), None, None
+        # livekit's console cancels the speakers' echo itself
+        settings = settings.model_copy(update={"echo_cancellation": False})
     else:
         decision = AdmissionDecision.from_attributes(ctx.room.local_participant.attributes)
         caller_number, dialled_number = sip_numbers(await ctx.wait_for_participant())

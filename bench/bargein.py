@@ -13,14 +13,16 @@ engine, Piper) speaking a long line; 1.5 s into its playout the caller's channel
   voices anything was tuned on), through an 8 kHz telephone band;
 - **noise**: a 150-250 ms burst of band-limited noise (a cough, a knock);
 - **echo -20 dB / -10 dB**: no caller at all, the agent's own voice leaking back into the
-  caller's channel 60 ms late (a phone line has no echo canceller).
+  caller's channel 60 ms late (a phone line has no echo canceller);
+- **interruption over echo -10 dB**: a real caller's turn while the echo leaks.
 
 Measured: onset-to-silence (from the first sample over the speech threshold to the agent's
 audio pausing or stopping; interruptions), and for the other kinds whether the agent gave
 up its turn (its line ended interrupted: a *false interruption*), the seconds it sat paused,
-and the words of its line lost. The configurations: **ours** (the settings' defaults:
-pause after 0.06 s of speech, real after 0.6 s, backchannel transcripts dropped) and
-**livekit** (its defaults: ``min_duration`` 0.5 s, ``false_interruption_timeout`` 2 s).
+and the words of its line lost. The configurations: **ours** (the product's call object
+with the settings' defaults: pause after 0.03 s of speech, real when still speaking 1.2 s
+after the onset, backchannel transcripts dropped, the echo canceller) and **livekit** (a
+session with its defaults: ``min_duration`` 0.5 s, ``false_interruption_timeout`` 2 s).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,9 +43,11 @@ import numpy as np
 import soundfile as sf
 import soxr
 from livekit import rtc
+from livekit.agents import AgentSession
 from livekit.agents.voice.io import AudioInput
 
-from agent.interruption import InterruptionPolicy
+from agent.admission import AdmissionDecision, CallIdentity
+from agent.call import Call
 from agent.pipeline import build_session, load_vad
 from agent.profile import builtin_profile
 from agent.settings import Settings
@@ -200,30 +205,43 @@ def interruption_clips(count: int) -> list[np.ndarray]:
     return [cut_turn(audio, t) for t in turns[:count]]
 
 
-def settings_for(config: str) -> Settings:
-    base = Settings(_env_file=None, aec_warmup_s=0.0)  # type: ignore[call-arg]
-    if config == "ours":
-        return base
-    # livekit's defaults: min_duration 0.5 s, false_interruption_timeout 2 s, and no policy
-    return base.model_copy(update={"interrupt_onset_s": 0.5, "interrupt_resume_s": 2.0})
+LIVEKIT_DEFAULTS = {
+    "interrupt_onset_s": 0.5,  # min_duration
+    "interrupt_resume_s": 2.0,  # false_interruption_timeout
+    "echo_cancellation": False,  # nothing in livekit's self-hosted path cancels a line's echo
+}
 
 
 async def run_trial(config: str, kind: str, clip: np.ndarray | None, echo_gain: float) -> Trial:
-    settings = settings_for(config)
+    """One session speaking ``LINE``, ``clip`` injected 1.5 s into its playout. ``ours``
+    is the product's call object (agent.call.Call: the interruption policy, the echo
+    canceller); ``livekit`` is a session with livekit's interruption defaults and no
+    policy."""
+    settings = Settings(_env_file=None, aec_warmup_s=0.0)  # type: ignore[call-arg]
     profile = builtin_profile().model_copy(update={"greeting": LINE})
-    session = build_session(settings, load_vad(), profile)
-    policy: InterruptionPolicy | None = None
-    if config == "ours":
-        policy = InterruptionPolicy(confirm_s=settings.interrupt_confirm_s)
-        policy.attach(session)
     speaker = BenchSpeaker()
     caller = CallerChannel(speaker, echo_gain)
-    session.input.audio = caller
-    session.output.audio = speaker
-    agent = ProfileAgent(profile, interruptions=policy)
+    call: Call | None = None
+    session: AgentSession
+    if config == "ours":
+        call = Call(
+            CallIdentity(f"bench-{uuid.uuid4().hex[:8]}", None, None, None),
+            AdmissionDecision(status="unmetered"),
+            profile,
+            settings=settings,
+            vad_model=load_vad(),
+        )
+    else:
+        settings = settings.model_copy(update=LIVEKIT_DEFAULTS)
+        session = build_session(settings, load_vad(), profile)
+        session.input.audio = caller
+        session.output.audio = speaker
     trial = Trial(config, kind)
     try:
-        await session.start(agent, record=False)
+        if call is not None:
+            await call.start(audio_input=caller, audio_output=speaker)
+        else:
+            await session.start(ProfileAgent(profile), record=False)
         await asyncio.wait_for(speaker.started.wait(), timeout=30)
         started = speaker.segments[0].started_at
         await asyncio.sleep(max(0.0, started + INJECT_AT_S - time.time()))
@@ -242,9 +260,10 @@ async def run_trial(config: str, kind: str, clip: np.ndarray | None, echo_gain: 
             trial.words_lost = len(LINE.split()) * max(0.0, 1 - played / line_seconds())
     finally:
         caller.close()
-        if policy is not None:
-            policy.close()
-        await session.aclose()
+        if call is not None:
+            await call.aclose()
+        else:
+            await session.aclose()
     return trial
 
 
@@ -269,7 +288,9 @@ async def main_async(trials: int) -> str:
     rng = np.random.default_rng(7)
     line_seconds()
     clips: list[tuple[str, np.ndarray | None, float]] = []
-    clips += [("interruption", c, 0.0) for c in interruption_clips(trials * 2)]
+    real = interruption_clips(trials * 2)
+    clips += [("interruption", c, 0.0) for c in real]
+    clips += [("interruption over echo -10 dB", c, 10 ** (-10 / 20)) for c in real[:trials]]
     clips += [
         ("backchannel", espeak(word, VOICES[i % len(VOICES)]), 0.0)
         for i, word in enumerate((BACKCHANNELS * trials)[: trials * 2])
@@ -296,8 +317,9 @@ def table(results: list[Trial]) -> str:
         for config in ("ours", "livekit"):
             rows = [t for t in results if t.kind == kind and t.config == config]
             onsets = [t.onset_to_silence_s for t in rows if t.onset_to_silence_s is not None]
-            if kind == "interruption":
-                headline[config] = onsets
+            if kind.startswith("interruption"):
+                if kind == "interruption":
+                    headline[config] = onsets
                 timing = (
                     " / ".join(f"{pct(onsets, q):.3f}" for q in (50, 95, 99)) if onsets else "–"
                 )
@@ -310,9 +332,10 @@ def table(results: list[Trial]) -> str:
                 f"| {statistics.fmean(t.paused_s for t in rows):.2f} "
                 f"| {statistics.fmean(t.words_lost for t in rows):.1f} |"
             )
-    false_ours = sum(t.gave_up for t in results if t.kind != "interruption" and t.config == "ours")
-    false_lk = sum(t.gave_up for t in results if t.kind != "interruption" and t.config == "livekit")
-    n_false = sum(1 for t in results if t.kind != "interruption" and t.config == "ours")
+    false_kinds = [t for t in results if not t.kind.startswith("interruption")]
+    false_ours = sum(t.gave_up for t in false_kinds if t.config == "ours")
+    false_lk = sum(t.gave_up for t in false_kinds if t.config == "livekit")
+    n_false = sum(1 for t in false_kinds if t.config == "ours")
     ours, lk = headline.get("ours", []), headline.get("livekit", [])
     lines.append("")
     lines.append(

@@ -54,7 +54,7 @@ async def test_cloud_call_runs_the_tool_and_speaks_the_answer(
     )
 
     assert report.stack == {
-        "stt": "livekit.plugins.deepgram.stt.STT",
+        "stt": "livekit.plugins.deepgram.stt.STT -> plugins.local_stt.WhisperSTT",
         "llm": "livekit.plugins.openai.llm.LLM -> plugins.dialogue_llm.DialogueLLM"
         " -> plugins.dialogue_llm.DialogueLLM",
         "tts": "livekit.plugins.elevenlabs.tts.TTS -> livekit.plugins.openai.tts.TTS"

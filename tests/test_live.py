@@ -45,7 +45,8 @@ def diane(sample_wav_pcm: np.ndarray) -> np.ndarray:
 async def test_deepgram_transcribes_a_real_caller(vad_model, sample_wav_pcm):
     settings = Settings(stt_provider="deepgram", llm_provider="local", tts_provider="local")
     report, _ = await simulate_call(diane(sample_wav_pcm), settings, vad_model, options=NO_GREETING)
-    assert report.stack["stt"].startswith("deepgram"), report.stack
+    assert report.stack["stt"].startswith("livekit.plugins.deepgram"), report.stack
+    assert not [e for e in report.fallback_events if e["stage"] == "stt"], report.fallback_events
     assert "Diane" in " ".join(t.caller_text for t in report.turns), report.to_json()
     assert report.errors == []
 

@@ -1,0 +1,228 @@
+"""The STT chain: Deepgram, then the local Whisper.
+
+Built on livekit-agents' ``stt.FallbackAdapter`` (which wraps a non-streaming STT in
+``stt.StreamAdapter`` with the VAD, and forwards metrics), with what it lacks for a call:
+
+- a provider that **hears audible speech and says nothing** for ``no_result_s`` has
+  failed (livekit notices only an exception or its 10 s attempt timeout; a Deepgram socket
+  that stays open and silent would leave the caller unheard for the rest of the call);
+- **the caller's words in flight are not lost**: the audio since the last final
+  transcript (at most ``replay_s``) is replayed into the next tier, so the utterance the
+  failing provider was hearing is transcribed by the next one (livekit's adapter starts
+  the next STT on new audio only);
+- a **circuit breaker** per cloud provider, shared by every call of the process, and every
+  fallback recorded (``plugins.fallback``).
+
+The chain's stream serves one call for its whole length: once a tier has failed the call
+stays on the next one (the breaker's probe decides when new calls try it again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections import deque
+
+import numpy as np
+from livekit import rtc
+from livekit.agents import APIConnectionError, stt, vad
+from livekit.agents.stt.fallback_adapter import FallbackAdapter, FallbackRecognizeStream
+from livekit.agents.types import (
+    DEFAULT_API_CONNECT_OPTIONS,
+    NOT_GIVEN,
+    APIConnectOptions,
+    NotGivenOr,
+)
+from livekit.agents.utils import aio
+
+from plugins.circuit_breaker import CircuitBreaker
+from plugins.fallback import FallbackEvent, TierTimeout, classify, record_fallback
+
+NO_RESULT_S = 3.0
+"""Deepgram answers audible speech with interim results within about a second (its
+streaming cadence; the loopback server's first result comes after 1 s of speech): three
+seconds of audible speech without a single result is a dead stream, not a slow one."""
+REPLAY_S = 8.0
+AUDIBLE_RMS = 300.0
+"""A frame louder than this (16-bit RMS, about -40 dBFS) is audible: a provider must
+answer it."""
+ATTEMPT_TIMEOUT_S = 10.0
+
+
+class STTChain(FallbackAdapter):
+    """``tiers`` in order of preference, each with its breaker (None: a local tier, which
+    has no result budget). Non-streaming tiers are wrapped with ``vad`` (livekit's)."""
+
+    def __init__(
+        self,
+        tiers: list[tuple[stt.STT, CircuitBreaker | None]],
+        *,
+        vad: vad.VAD,
+        no_result_s: float = NO_RESULT_S,
+        replay_s: float = REPLAY_S,
+    ) -> None:
+        super().__init__(
+            [tier for tier, _ in tiers],
+            vad=vad,
+            attempt_timeout=ATTEMPT_TIMEOUT_S,
+            max_retry_per_stt=0,
+        )
+        self._originals = [tier for tier, _ in tiers]
+        self.breakers = [breaker for _, breaker in tiers]
+        self.no_result_s = no_result_s
+        self.replay_s = replay_s
+        self.fallback_events: list[FallbackEvent] = []
+        """Every fallback of this chain (one chain per call)."""
+
+    @property
+    def tiers(self) -> list[stt.STT]:
+        return list(self._originals)
+
+    def stream(
+        self,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+    ) -> STTChainStream:
+        # the chain is the retry: livekit's own retries would replay every tier
+        return STTChainStream(
+            chain=self,
+            language=language,
+            conn_options=dataclasses.replace(conn_options, max_retry=0),
+        )
+
+    async def aclose(self) -> None:
+        """Close every tier too: the chain is the session's STT, the call closes it."""
+        await super().aclose()
+        for tier in self._originals:
+            await tier.aclose()
+
+    def record_fallback(self, index: int, reason: str) -> None:
+        tier, breaker = self._originals[index], self.breakers[index]
+        provider = breaker.provider if breaker is not None else f"stt/{tier.provider}"
+        record_fallback(self.fallback_events, "stt", provider, reason, model=tier.model)
+
+
+class STTChainStream(FallbackRecognizeStream):
+    def __init__(
+        self,
+        *,
+        chain: STTChain,
+        language: NotGivenOr[str],
+        conn_options: APIConnectOptions,
+    ) -> None:
+        super().__init__(stt=chain, language=language, conn_options=conn_options)
+        self._chain = chain
+        self._current: stt.RecognizeStream | None = None
+        self._unfinalised: deque[rtc.AudioFrame] = deque()
+        """The audio since the last final transcript (at most ``replay_s``)."""
+        self._unanswered_since: float | None = None
+        """When audible audio was first sent that no event has answered yet."""
+        self._input_ended = False
+
+    async def _run(self) -> None:
+        chain = self._chain
+        forward = asyncio.create_task(self._forward_input(), name="stt-chain-input")
+        try:
+            for index, tier in enumerate(chain._stt_instances):
+                breaker = chain.breakers[index]
+                if breaker is not None and not breaker.allow():
+                    chain.record_fallback(index, "breaker_open")
+                    continue
+                try:
+                    await self._listen(index, tier)
+                except Exception as exc:
+                    reason, retry_after_s = classify(exc)
+                    if breaker is not None:
+                        breaker.record_failure(retry_after_s=retry_after_s)
+                    chain.record_fallback(index, reason)
+                    continue
+                return
+            raise APIConnectionError("every STT tier failed")
+        finally:
+            self._current = None
+            await aio.cancel_and_wait(forward)
+
+    async def _listen(self, index: int, tier: stt.STT) -> None:
+        """Relay ``tier``'s events until the input ends; raises when it fails."""
+        chain = self._chain
+        options = dataclasses.replace(self._conn_options, max_retry=0, timeout=ATTEMPT_TIMEOUT_S)
+        stream = tier.stream(language=self._language, conn_options=options)
+        stream.start_time_offset = self.start_time_offset + (time.time() - self._start_time)
+        for frame in self._unfinalised:  # what the caller said that no tier has finalised
+            stream.push_frame(frame)
+        if self._input_ended:
+            stream.end_input()
+        self._unanswered_since = time.monotonic() if self._audible_pending() else None
+        self._current = stream
+        watched = chain.breakers[index] is not None
+        succeeded = False
+        # a pump, so that the watchdog's timeout cancels a queue read, never the stream's
+        events: asyncio.Queue[stt.SpeechEvent | None] = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async for ev in stream:
+                    events.put_nowait(ev)
+            finally:
+                events.put_nowait(None)
+
+        async with stream:
+            pumping = asyncio.create_task(pump(), name="stt-chain-tier")
+            try:
+                while True:
+                    try:
+                        ev = await asyncio.wait_for(events.get(), timeout=0.25)
+                    except TimeoutError:
+                        since = self._unanswered_since
+                        late = since is not None and time.monotonic() - since > chain.no_result_s
+                        if watched and late:
+                            raise TierTimeout("no_result") from None
+                        continue
+                    if ev is None:
+                        pumping.result()  # the tier's failure, if it failed
+                        return
+                    self._unanswered_since = None
+                    if ev.type == stt.SpeechEventType.FINAL_TRANSCRIPT:
+                        self._unfinalised.clear()
+                        if not succeeded and (breaker := chain.breakers[index]) is not None:
+                            breaker.record_success()
+                            succeeded = True
+                    self._event_ch.send_nowait(ev)
+            finally:
+                await aio.cancel_and_wait(pumping)
+
+    def _audible_pending(self) -> bool:
+        return any(_rms(frame) >= AUDIBLE_RMS for frame in self._unfinalised)
+
+    async def _forward_input(self) -> None:
+        async for data in self._input_ch:
+            if isinstance(data, rtc.AudioFrame):
+                self._keep(data)
+                if self._unanswered_since is None and _rms(data) >= AUDIBLE_RMS:
+                    self._unanswered_since = time.monotonic()
+            current = self._current
+            if current is None:
+                continue
+            with contextlib.suppress(RuntimeError):  # the tier's stream has just failed
+                if isinstance(data, rtc.AudioFrame):
+                    current.push_frame(data)
+                else:
+                    current.flush()
+        self._input_ended = True
+        if self._current is not None:
+            with contextlib.suppress(RuntimeError):
+                self._current.end_input()
+
+    def _keep(self, frame: rtc.AudioFrame) -> None:
+        self._unfinalised.append(frame)
+        total = sum(f.duration for f in self._unfinalised)
+        while self._unfinalised and total > self._chain.replay_s:
+            total -= self._unfinalised.popleft().duration
+
+
+def _rms(frame: rtc.AudioFrame) -> float:
+    pcm = np.frombuffer(frame.data, dtype=np.int16).astype(np.float32)
+    return float(np.sqrt(np.mean(pcm * pcm))) if pcm.size else 0.0
