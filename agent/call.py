@@ -28,6 +28,7 @@ from livekit.agents.voice import events
 from livekit.agents.voice.io import AudioInput, AudioOutput
 
 from agent.admission import AdmissionDecision, CallIdentity, LeaseKeeper
+from agent.dtmf import DtmfCollector
 from agent.echo import EchoCanceller
 from agent.interruption import InterruptionPolicy
 from agent.logs import call_id_var, mask_phone
@@ -39,6 +40,7 @@ from agent.sidecar_client import SidecarClient
 from agent.tools import ProfileAgent
 from billing.agent_profile import AgentProfile
 from billing.pricing import CallFacts
+from plugins.confidence_gate import ConfidenceGate
 
 log = logging.getLogger("agent.call")
 
@@ -86,6 +88,8 @@ class Call:
         self._closing: asyncio.Task[None] | None = None
         self._phrases_task: asyncio.Task[None] | None = None
         self.interruptions: InterruptionPolicy | None = None
+        self.keypad: DtmfCollector | None = None
+        self._room: rtc.Room | None = None
         self.status: str | None = None
         self.ended = asyncio.Event()
         """Set once :meth:`aclose` has finished."""
@@ -121,7 +125,17 @@ class Call:
         self.session = session = build_session(self._settings, self._vad, self.profile)
         self.interruptions = InterruptionPolicy(confirm_s=self._settings.interrupt_confirm_s)
         self.interruptions.attach(session)
-        self.agent = ProfileAgent(self.profile, greet=greet, interruptions=self.interruptions)
+        gate = ConfidenceGate(
+            self._settings.stt_min_confidence,
+            misses_before_keypad=self._settings.stt_misses_before_keypad,
+        )
+        self.keypad = DtmfCollector(self._keypad_entry, timeout_s=self._settings.dtmf_timeout_s)
+        if room is not None:
+            room.on("sip_dtmf_received", self._on_dtmf)
+            self._room = room
+        self.agent = ProfileAgent(
+            self.profile, greet=greet, interruptions=self.interruptions, gate=gate
+        )
         self._start_metering(session)
         self._start_lease_keeping()
         session.on("close", self._on_session_close)
@@ -152,6 +166,10 @@ class Call:
             self._phrases_task.cancel()
         if self.interruptions is not None:
             self.interruptions.close()
+        if self.keypad is not None:
+            self.keypad.close()
+        if self._room is not None:
+            self._room.off("sip_dtmf_received", self._on_dtmf)
         # every step runs whatever the one before did: a failed session close must not
         # lose the call's usage, nor a failed flush keep the lease
         if session is not None:
@@ -213,6 +231,28 @@ class Call:
             return
         self._keeper = LeaseKeeper(self._sidecar, self.identity, self.decision.lease_id)
         self._keeper_task = asyncio.create_task(self._keeper.run(), name="lease-keeper")
+
+    def press(self, keys: str) -> None:
+        """The caller pressed ``keys`` on their keypad (a room's DTMF, ``simulate --dtmf``)."""
+        if self.keypad is None:
+            return
+        for key in keys:
+            try:
+                self.keypad.press(key)
+            except ValueError as exc:
+                log.warning("ignored a keypad event", extra={"error": str(exc)})
+
+    def _on_dtmf(self, ev: rtc.SipDTMF) -> None:
+        self.press(ev.digit)
+
+    def _keypad_entry(self, digits: str) -> None:
+        """A whole keypad entry is the caller's turn."""
+        session = self.session
+        if session is None:
+            return
+        log.info("keypad entry", extra={"digits": len(digits)})  # the digits may be private
+        session.interrupt()
+        session.generate_reply(user_input=digits)
 
     async def _prepare_phrases(self) -> None:
         """Render the last TTS tier's fixed lines once the greeting has been heard (the

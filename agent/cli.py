@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
+from agent.dtmf import KeyPresses, parse_dtmf_script
 from agent.settings import Settings
 from billing.cli import add_commands as add_sidecar_commands
 from billing.settings import SidecarSettings
@@ -86,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--organisation-id", type=_positive_int, help="bill this organisation")
     sim.add_argument("--dialled-number", type=_phone_number, help="the number called (E.164)")
     sim.add_argument("--caller-number", type=_phone_number, help="the caller's number (E.164)")
+    sim.add_argument(
+        "--dtmf",
+        type=_dtmf_script,
+        default=[],
+        metavar="t=SECONDS:KEYS[,...]",
+        help='keypad presses during the call, e.g. "t=12.5:1234#" (seconds from the start)',
+    )
     return parser
 
 
@@ -111,6 +119,13 @@ def _phone_number(text: str) -> str:
     if not re.fullmatch(r"\+[1-9][0-9]{6,14}", text):
         raise argparse.ArgumentTypeError("must be an E.164 number like +15550100")
     return text
+
+
+def _dtmf_script(text: str) -> list[KeyPresses]:
+    try:
+        return parse_dtmf_script(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def take_agent_option(rest: list[str]) -> tuple[Path | None, list[str]]:
@@ -325,6 +340,7 @@ def run_simulate(args: argparse.Namespace, settings: Settings) -> int:
         organisation_id=args.organisation_id,
         dialled_number=args.dialled_number,
         caller_number=args.caller_number,
+        dtmf=args.dtmf,
     )
     report, agent_pcm = asyncio.run(
         simulate_call(

@@ -41,6 +41,11 @@ _TRANSFER_TRIGGERS = (
 )
 _GOODBYE_TRIGGERS = (r"\b(bye|goodbye|that'?s all|hang up)\b",)
 _NO_TRANSFER_FALLBACK = "Sorry, I can't help with that right now. Please call again later."
+REPEAT_LINE = "Sorry, I didn't catch that. Could you say it again?"
+KEYPAD_LINE = (
+    "I'm having trouble hearing you. You can type it on your keypad instead, "
+    "then press the hash key."
+)
 TROUBLE_REPLY = "I'm sorry, I'm having trouble right now. Please call again in a few minutes."
 """The canned tier's one reply: true whatever failed (it promises no action)."""
 

@@ -9,7 +9,7 @@ them at loopback servers).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -53,6 +53,16 @@ class Settings(BaseSettings):
     stt_no_result_s: float = Field(default=3.0, gt=0)
     """A cloud STT that has heard this long of audible caller audio without a single result
     has failed: the local STT takes over, from the words it had not finalised."""
+    stt_min_confidence: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = {
+        "deepgram": 0.6,
+        "local": 0.44,
+    }
+    """Per STT provider, the confidence under which a final transcript is held back and
+    the caller asked to repeat (see the README for how ``local`` was calibrated)."""
+    stt_misses_before_keypad: int = Field(default=3, ge=1)
+    """Unsure transcripts in a row after which the agent offers keypad entry."""
+    dtmf_timeout_s: float = Field(default=5.0, gt=0)
+    """A keypad entry ends with ``#`` or this long after its last key."""
     tts_first_audio_s: float = Field(default=1.5, gt=0)
     """A cloud voice that has not started a sentence's audio within this (or stops for as
     long in the middle of one) has failed: the next voice says the rest."""

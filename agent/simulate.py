@@ -24,6 +24,7 @@ from livekit.agents.voice import events
 
 from agent.admission import CallIdentity, decide_admission
 from agent.call import Call
+from agent.dtmf import KeyPresses
 from agent.metering import UsageTotals, usage_totals
 from agent.outbox import Outbox, OutboxSender
 from agent.profile import ProfileStore, local_profile
@@ -43,6 +44,8 @@ from plugins.stt_chain import STTChain
 from plugins.tts_chain import TTSChain
 
 log = logging.getLogger("agent.simulate")
+
+KEY_INTERVAL_S = 0.2
 
 
 @dataclass
@@ -118,6 +121,8 @@ class SimulationOptions:
     dialled_number: str | None = None
     caller_number: str | None = None
     """As a SIP caller's: masked in logs and in the sidecar's call row."""
+    dtmf: list[KeyPresses] = field(default_factory=list)
+    """Keypad presses, at seconds from the session's start (``--dtmf``)."""
 
 
 async def simulate_call(
@@ -164,6 +169,7 @@ async def simulate_call(
             sidecar=sidecar,
             caller_number=opts.caller_number,
         )
+        keys: asyncio.Task[None] | None = None
         try:
             await call.start(
                 audio_input=caller,
@@ -171,6 +177,8 @@ async def simulate_call(
                 greet=opts.greeting,
                 observe=lambda session: _observe(session, collector, activity),
             )
+            if opts.dtmf:
+                keys = asyncio.create_task(_press_keys(call, opts.dtmf), name="dtmf")
             if not call.ended.is_set():
                 assert isinstance(call.agent, ProfileAgent)
                 await call.agent.greeted.wait()
@@ -180,6 +188,8 @@ async def simulate_call(
                 )
                 await _wait_until_quiet(call, activity, opts)
         finally:
+            if keys is not None:
+                keys.cancel()
             caller.close()
             await call.aclose()
         t0 = call.session_started_at
@@ -225,6 +235,15 @@ def _chain_label(model: Any) -> str:
 def _fallbacks(model: Any) -> list[FallbackEvent]:
     chains = (STTChain, LLMChain, TTSChain)
     return list(model.fallback_events) if isinstance(model, chains) else []
+
+
+async def _press_keys(call: Call, presses: list[KeyPresses]) -> None:
+    """The caller's keypad, on the call's timeline (one key every 0.2 s)."""
+    for press in sorted(presses, key=lambda p: p.at_s):
+        await asyncio.sleep(max(0.0, call.session_started_at + press.at_s - time.time()))
+        for key in press.keys:
+            call.press(key)
+            await asyncio.sleep(KEY_INTERVAL_S)
 
 
 def _observe(session: Any, collector: _EventCollector, activity: _ActivityTracker) -> None:

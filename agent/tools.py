@@ -17,8 +17,10 @@ from livekit.agents import Agent, ModelSettings, RunContext, function_tool, stt
 from livekit.agents.llm import FunctionTool, RawFunctionTool, find_function_tools
 
 from agent.interruption import InterruptionPolicy
+from agent.profile import KEYPAD_LINE, REPEAT_LINE
 from agent.support_desk import SupportDesk
 from billing.agent_profile import AgentProfile
+from plugins.confidence_gate import ConfidenceGate
 
 log = logging.getLogger("agent.tools")
 
@@ -103,9 +105,11 @@ class ProfileAgent(Agent):
         tools: CallTools | None = None,
         greet: bool = True,
         interruptions: InterruptionPolicy | None = None,
+        gate: ConfidenceGate | None = None,
     ) -> None:
         self.profile = profile
         self.interruptions = interruptions
+        self.gate = gate
         self.call_tools = tools or CallTools(profile)
         self._greet = greet
         self.greeted = asyncio.Event()
@@ -115,19 +119,29 @@ class ProfileAgent(Agent):
     async def stt_node(
         self, audio: AsyncIterable[rtc.AudioFrame], model_settings: ModelSettings
     ) -> AsyncIterable[stt.SpeechEvent | str]:
-        """livekit's STT node, less the backchannels said over the agent (they must not
-        commit a turn: the agent keeps speaking)."""
+        """livekit's STT node, less what must not commit a turn: a backchannel said over
+        the agent (it keeps speaking), and a final transcript under the confidence gate
+        (the caller is asked to say it again, after three misses to use the keypad)."""
+        transcripts = (stt.SpeechEventType.INTERIM_TRANSCRIPT, stt.SpeechEventType.FINAL_TRANSCRIPT)
         async for ev in Agent.default.stt_node(self, audio, model_settings):
-            if (
-                self.interruptions is not None
-                and isinstance(ev, stt.SpeechEvent)
-                and ev.type
-                in (stt.SpeechEventType.INTERIM_TRANSCRIPT, stt.SpeechEventType.FINAL_TRANSCRIPT)
-                and ev.alternatives
-                and self.interruptions.swallow(ev.alternatives[0].text)
-            ):
-                continue
+            if isinstance(ev, stt.SpeechEvent) and ev.type in transcripts and ev.alternatives:
+                best = ev.alternatives[0]
+                if self.interruptions is not None and self.interruptions.swallow(best.text):
+                    continue
+                if (
+                    self.gate is not None
+                    and ev.type == stt.SpeechEventType.FINAL_TRANSCRIPT
+                    and best.text.strip()
+                    and (verdict := self.gate.judge(best.confidence, self._stt_provider()))
+                    != "pass"
+                ):
+                    self.session.say(KEYPAD_LINE if verdict == "keypad" else REPEAT_LINE)
+                    continue
             yield ev
+
+    def _stt_provider(self) -> str:
+        model = self.session.stt
+        return getattr(model, "serving", "") or (model.provider if model else "")
 
     async def on_enter(self) -> None:
         if not self._greet:

@@ -75,6 +75,8 @@ class STTChain(FallbackAdapter):
         self.replay_s = replay_s
         self.fallback_events: list[FallbackEvent] = []
         """Every fallback of this chain (one chain per call)."""
+        self.serving = ""
+        """The provider whose transcripts the call is getting (``deepgram``, ``local``)."""
 
     @property
     def tiers(self) -> list[stt.STT]:
@@ -157,7 +159,9 @@ class STTChainStream(FallbackRecognizeStream):
             stream.end_input()
         self._unanswered_since = time.monotonic() if self._audible_pending() else None
         self._current = stream
-        watched = chain.breakers[index] is not None
+        breaker = chain.breakers[index]
+        chain.serving = breaker.provider.removeprefix("stt/") if breaker else tier.provider
+        watched = breaker is not None
         succeeded = False
         # a pump, so that the watchdog's timeout cancels a queue read, never the stream's
         events: asyncio.Queue[stt.SpeechEvent | None] = asyncio.Queue()

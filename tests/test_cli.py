@@ -93,6 +93,8 @@ def test_output_path_is_a_directory(tmp_path: Path):
         ("simulate", "--input", "tests/data/sample.wav", "--caller-number", "+0123"),
         ("start", "--agent"),
         ("simulate", "--input", "tests/data/sample.wav", "--sidecar", "localhost:8700"),
+        ("simulate", "--input", "tests/data/sample.wav", "--dtmf", "t=abc:12#"),
+        ("simulate", "--input", "tests/data/sample.wav", "--dtmf", "t=3:12x"),
     ],
     ids=[
         "unknown-flag",
@@ -109,6 +111,8 @@ def test_output_path_is_a_directory(tmp_path: Path):
         "caller-number-not-e164",
         "agent-without-a-file",
         "sidecar-not-a-url",
+        "dtmf-time-not-a-number",
+        "dtmf-not-a-key",
     ],
 )
 def test_bad_usage_exits_2_with_one_line(args: tuple[str, ...]):
