@@ -23,11 +23,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from livekit import rtc
-from livekit.agents import Agent, AgentSession, vad
+from livekit.agents import Agent, AgentSession, llm, vad
 from livekit.agents.voice import events
 from livekit.agents.voice.io import AudioInput, AudioOutput
 
 from agent.admission import AdmissionDecision, CallIdentity, LeaseKeeper
+from agent.continuity import conversation_key, conversations_for
 from agent.dtmf import DtmfCollector
 from agent.echo import EchoCanceller
 from agent.interruption import InterruptionPolicy
@@ -72,6 +73,9 @@ class Call:
         self._vad = vad_model
         self._sidecar = sidecar
         self.caller_number_masked = mask_phone(caller_number) if caller_number else None
+        self._conversation_key = conversation_key(
+            str(decision.agent_id or profile.name), caller_number
+        )
         self._on_ended = on_ended
         """Told the final status once the call has ended (the worker shuts its job down)."""
         self.started_at = time.time()
@@ -134,7 +138,11 @@ class Call:
             room.on("sip_dtmf_received", self._on_dtmf)
             self._room = room
         self.agent = ProfileAgent(
-            self.profile, greet=greet, interruptions=self.interruptions, gate=gate
+            self.profile,
+            greet=greet,
+            interruptions=self.interruptions,
+            gate=gate,
+            history=self._kept_conversation(),
         )
         self._start_metering(session)
         self._start_lease_keeping()
@@ -174,6 +182,8 @@ class Call:
         # lose the call's usage, nor a failed flush keep the lease
         if session is not None:
             await _step("stop speaking", _stop_speaking(session))
+            if status == "ended":
+                await _step("keeping the conversation", self._keep_conversation(session))
         if self._meter is not None:
             await _step("final usage to the outbox", self._meter.close(status=status))
         if self._outbox is not None:
@@ -231,6 +241,40 @@ class Call:
             return
         self._keeper = LeaseKeeper(self._sidecar, self.identity, self.decision.lease_id)
         self._keeper_task = asyncio.create_task(self._keeper.run(), name="lease-keeper")
+
+    def _kept_conversation(self) -> llm.ChatContext | None:
+        """This caller's conversation with this agent, if it dropped in the last 5 minutes."""
+        if self._conversation_key is None:
+            return None
+        store = conversations_for(self._settings.redis_url, self._settings.data_dir)
+        try:
+            items = store.take(self._conversation_key)
+            history = llm.ChatContext.from_dict({"items": items}) if items else None
+        except Exception as exc:  # a store that is down, or a kept context gone bad
+            log.warning("could not pick up the kept conversation", extra={"error": str(exc)})
+            return None
+        finally:
+            store.close()
+        if history is not None:
+            log.info(
+                "the caller is back: picking up the conversation", extra={"items": len(items or [])}
+            )
+        return history
+
+    async def _keep_conversation(self, session: AgentSession) -> None:
+        agent = self.agent
+        if self._conversation_key is None or not isinstance(agent, ProfileAgent):
+            return
+        if agent.call_tools.ended_by_agent:
+            return  # the agent said goodbye: the conversation is over
+        items = session.history.to_dict(exclude_metrics=True)["items"]
+        if not any(item.get("role") == "user" for item in items):
+            return  # nothing said: nothing to pick up
+        store = conversations_for(self._settings.redis_url, self._settings.data_dir)
+        try:
+            await asyncio.to_thread(store.keep, self._conversation_key, items)
+        finally:
+            store.close()
 
     def press(self, keys: str) -> None:
         """The caller pressed ``keys`` on their keypad (a room's DTMF, ``simulate --dtmf``)."""

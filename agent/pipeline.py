@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING
 from livekit.agents import AgentSession, llm, stt, tts, vad
 from livekit.agents.voice.turn import TurnHandlingOptions
 
-from agent.profile import KEYPAD_LINE, REPEAT_LINE, TROUBLE_REPLY, canned_policy, dialogue_policy
+from agent.profile import (
+    KEYPAD_LINE,
+    REPEAT_LINE,
+    RESUME_LINE,
+    TROUBLE_REPLY,
+    canned_policy,
+    dialogue_policy,
+)
 from agent.settings import Settings
 from billing.agent_profile import AgentProfile
 
@@ -161,7 +168,7 @@ def build_tts(settings: Settings, profile: AgentProfile, *, lines: Sequence[str]
             tiers.append((voice, breaker_for("tts/openai", settings.openai_base_url)))
     local = PiperTTS()
     tiers.append((local, None))
-    fixed = (profile.greeting, profile.goodbye, REPEAT_LINE, KEYPAD_LINE, *lines)
+    fixed = (profile.greeting, profile.goodbye, REPEAT_LINE, KEYPAD_LINE, RESUME_LINE, *lines)
     tiers.append((PhrasebookTTS(local, fixed, trouble_line=TROUBLE_REPLY), None))
     return TTSChain(tiers, first_audio_s=settings.tts_first_audio_s)
 

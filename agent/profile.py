@@ -46,6 +46,7 @@ KEYPAD_LINE = (
     "I'm having trouble hearing you. You can type it on your keypad instead, "
     "then press the hash key."
 )
+RESUME_LINE = "Sorry, we got cut off. Let's pick up where we left off."
 TROUBLE_REPLY = "I'm sorry, I'm having trouble right now. Please call again in a few minutes."
 """The canned tier's one reply: true whatever failed (it promises no action)."""
 

@@ -102,6 +102,10 @@ class Settings(BaseSettings):
     """When the sidecar cannot be reached: admit the call (and bill it later through the
     outbox) rather than turn callers away."""
 
+    redis_url: str = ""
+    """Where a dropped caller's conversation is kept for 5 minutes, shared by every
+    worker; empty: a SQLite file under ``data_dir``, shared by this worker's calls."""
+
     agent_profile: Path | None = None
     """The agent a call runs when the sidecar names none (a YAML file; ``--agent FILE``
     sets it); unset: the built-in Northwind demo."""

@@ -13,11 +13,11 @@ import logging
 from collections.abc import AsyncIterable
 
 from livekit import rtc
-from livekit.agents import Agent, ModelSettings, RunContext, function_tool, stt
+from livekit.agents import Agent, ModelSettings, RunContext, function_tool, llm, stt
 from livekit.agents.llm import FunctionTool, RawFunctionTool, find_function_tools
 
 from agent.interruption import InterruptionPolicy
-from agent.profile import KEYPAD_LINE, REPEAT_LINE
+from agent.profile import KEYPAD_LINE, REPEAT_LINE, RESUME_LINE
 from agent.support_desk import SupportDesk
 from billing.agent_profile import AgentProfile
 from plugins.confidence_gate import ConfidenceGate
@@ -31,6 +31,8 @@ class CallTools:
     def __init__(self, profile: AgentProfile, desk: SupportDesk | None = None) -> None:
         self._profile = profile
         self.desk = desk or SupportDesk()
+        self.ended_by_agent = False
+        """The agent hung up after its goodbye (``end_call``)."""
 
     def granted(self) -> list[FunctionTool | RawFunctionTool]:
         """The tools ``profile.tools`` names, bound to this call."""
@@ -90,6 +92,7 @@ class CallTools:
         The agent says goodbye; do not say anything else."""
         # the goodbye is this turn's reply: hang up once it has been heard (a drained
         # shutdown lets it play out); the call object tears the rest down
+        self.ended_by_agent = True
         context.speech_handle.add_done_callback(lambda _: context.session.shutdown())
         return self._profile.goodbye
 
@@ -106,15 +109,22 @@ class ProfileAgent(Agent):
         greet: bool = True,
         interruptions: InterruptionPolicy | None = None,
         gate: ConfidenceGate | None = None,
+        history: llm.ChatContext | None = None,
     ) -> None:
         self.profile = profile
+        self.resumed = history is not None
+        """A conversation picked up again (agent.continuity): no greeting, a resume line."""
         self.interruptions = interruptions
         self.gate = gate
         self.call_tools = tools or CallTools(profile)
         self._greet = greet
         self.greeted = asyncio.Event()
         """Set once the greeting has been played out (or cut off), or at once without one."""
-        super().__init__(instructions=profile.instructions, tools=list(self.call_tools.granted()))
+        super().__init__(
+            instructions=profile.instructions,
+            tools=list(self.call_tools.granted()),
+            chat_ctx=history,
+        )
 
     async def stt_node(
         self, audio: AsyncIterable[rtc.AudioFrame], model_settings: ModelSettings
@@ -128,24 +138,41 @@ class ProfileAgent(Agent):
                 best = ev.alternatives[0]
                 if self.interruptions is not None and self.interruptions.swallow(best.text):
                     continue
-                if (
-                    self.gate is not None
-                    and ev.type == stt.SpeechEventType.FINAL_TRANSCRIPT
-                    and best.text.strip()
-                    and (verdict := self.gate.judge(best.confidence, self._stt_provider()))
-                    != "pass"
-                ):
-                    self.session.say(KEYPAD_LINE if verdict == "keypad" else REPEAT_LINE)
-                    continue
+                final = ev.type == stt.SpeechEventType.FINAL_TRANSCRIPT and best.text.strip()
+                if self.gate is not None and final:
+                    provider = self._stt_provider()
+                    overlapped = self.interruptions is not None and self.interruptions.overlapped
+                    if overlapped and best.confidence < self.gate.threshold(provider):
+                        continue  # an unclear sound over the agent: no turn, nothing to ask
+                    verdict = self.gate.judge(best.confidence, provider)
+                    if verdict != "pass":
+                        self._ask(KEYPAD_LINE if verdict == "keypad" else REPEAT_LINE)
+                        continue
             yield ev
+
+    def _ask(self, line: str) -> None:
+        try:
+            self.session.say(line)
+        except RuntimeError as exc:  # the call is ending: nobody to ask
+            log.debug("not asking the caller", extra={"error": str(exc)})
 
     def _stt_provider(self) -> str:
         model = self.session.stt
         return getattr(model, "serving", "") or (model.provider if model else "")
 
+    def _resume_line(self) -> str:
+        """The resume line and the agent's last words again (often a question the caller
+        was about to answer; the dialogue engine reads its pending slot from them)."""
+        said = [
+            item.text_content
+            for item in self.chat_ctx.items
+            if isinstance(item, llm.ChatMessage) and item.role == "assistant" and item.text_content
+        ]
+        return f"{RESUME_LINE} {said[-1]}" if said else RESUME_LINE
+
     async def on_enter(self) -> None:
         if not self._greet:
             self.greeted.set()
             return
-        handle = self.session.say(self.profile.greeting)
+        handle = self.session.say(self._resume_line() if self.resumed else self.profile.greeting)
         handle.add_done_callback(lambda _: self.greeted.set())

@@ -1,13 +1,15 @@
-"""The caller's extra silence when the cloud LLM fails: our LLM chain against livekit's
-stock ``llm.FallbackAdapter`` (its defaults), in the same run.
+"""The caller's extra silence when the cloud LLM or the cloud voice fails: our chains
+against livekit's stock ``llm.FallbackAdapter`` and ``tts.FallbackAdapter`` (their
+defaults), in the same run.
 
 For each fault the loopback OpenAI server can inject (``tests/loopback``), ``--turns``
 requests go to (a) our chain (OpenAI -> dialogue engine -> canned, first-token budget 2 s,
 a fresh circuit breaker per turn so every turn meets the fault) and (b) the stock adapter
 over the same two tiers. A turn's time is from the request to the first text token the
 session would speak, beside the healthy cloud's in the same run. One more line: once the
-breaker is open, what a turn costs (no request is made to the failing provider). The LLM
-is the only stage measured: the rest of a turn's path is the same with or without a fault.
+breaker is open, what a turn costs (no request is made to the failing provider). Then the
+same for a sentence's first audio: ElevenLabs (loopback) with each fault, then Piper; ours
+with its 1.5 s first-audio budget, stock with its request timeout and retries.
 
 Run from the repository root: ``python -m bench.failover [--turns N]``. Prints Markdown;
 the last line is the headline.
@@ -25,13 +27,17 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from livekit.agents import llm
-from livekit.plugins import openai
+from livekit.agents import llm, tts
+from livekit.agents.utils import http_context
+from livekit.plugins import elevenlabs, openai
 
 from agent.profile import builtin_profile, canned_policy, dialogue_policy
 from plugins.circuit_breaker import CircuitBreaker
 from plugins.dialogue_llm import DialogueLLM
 from plugins.llm_chain import LLMChain
+from plugins.local_tts import PiperTTS
+from plugins.tts_chain import TTSChain
+from tests.loopback.elevenlabs_server import ElevenLabsOptions, ElevenLabsServer
 from tests.loopback.openai_server import OpenAIOptions, OpenAIServer
 
 FAULTS: dict[str, dict[str, Any]] = {
@@ -44,6 +50,7 @@ FAULTS: dict[str, dict[str, Any]] = {
     "connects, then silent": {"stall_s": 30.0},
     "no first byte": {"first_byte_delay_s": 30.0},
 }
+PIPER = PiperTTS()
 STOCK_CAP_S = 20.0
 """A stock turn still silent after this is cut off and counted at this value."""
 
@@ -102,14 +109,14 @@ def shown(seconds: float) -> str:
     return "never" if seconds >= STOCK_CAP_S else f"{seconds:.3f}"
 
 
-def set_fault(server: OpenAIServer, fault: dict[str, Any]) -> None:
+def set_fault(server: Any, fault: dict[str, Any]) -> None:
     """The server's options as new, with ``fault`` (the server keeps its options object)."""
-    fresh = OpenAIOptions(**fault)
+    fresh = type(server.options)(**fault)
     for field in dataclasses.fields(fresh):
         setattr(server.options, field.name, getattr(fresh, field.name))
 
 
-async def run(turns: int) -> str:
+async def run_llm(turns: int) -> tuple[str, str]:
     server = OpenAIServer(OpenAIOptions())
     await server.start()
     try:
@@ -158,13 +165,124 @@ async def run(turns: int) -> str:
         "reached the failing provider.",
         f"never: no first token within {STOCK_CAP_S:.0f} s (the stock adapter takes an empty "
         "reply as served, so the caller hears nothing that turn).",
-        "",
-        f"Worst-fault P95 time to first token: ours {worst_ours:.2f} s, livekit's stock "
-        f"FallbackAdapter {worst_stock:.2f} s"
-        + (f" and never on: {', '.join(silent)}" if silent else "")
-        + f" (healthy cloud {base_s:.3f} s).",
     ]
-    return "\n".join(lines)
+    headline = f"LLM first token ours {worst_ours:.2f} s vs stock {worst_stock:.2f} s" + (
+        f" and never on: {', '.join(silent)}" if silent else ""
+    )
+    return "\n".join(lines), headline
+
+
+TTS_FAULTS: dict[str, dict[str, Any]] = {
+    "connection refused": {"refuse": True},
+    "HTTP 500": {"status": 500},
+    "HTTP 429": {"status": 429},
+    "dropped connection": {"silent_close": True},
+    "not audio": {"garbage": "not_json"},
+    "connects, then silent": {"stall_s": 30.0},
+    "no first byte": {"first_byte_delay_s": 30.0},
+}
+SENTENCE = "Your router should be back online within the next ten minutes."
+
+
+def eleven(server: ElevenLabsServer) -> tts.TTS:
+    return elevenlabs.TTS(voice_id="bench", api_key="xi-bench", base_url=server.base_url)
+
+
+def ours_tts(server: ElevenLabsServer, breaker: CircuitBreaker | None = None) -> tts.TTS:
+    return TTSChain([(eleven(server), breaker or CircuitBreaker("tts/elevenlabs")), (PIPER, None)])
+
+
+def stock_tts(server: ElevenLabsServer) -> tts.TTS:
+    return tts.FallbackAdapter([eleven(server), PIPER])
+
+
+async def first_audio_s(model: tts.TTS, cap_s: float = STOCK_CAP_S) -> float:
+    """Seconds from the request to the sentence's first audio (``cap_s`` if none came)."""
+    started = time.perf_counter()
+
+    async def first() -> float:
+        async with model.synthesize(SENTENCE) as stream:
+            async for _ in stream:
+                return time.perf_counter() - started
+        return cap_s
+
+    try:
+        return await asyncio.wait_for(first(), cap_s)
+    except Exception:
+        return cap_s
+
+
+async def run_tts(turns: int) -> tuple[str, str]:
+    server = ElevenLabsServer(ElevenLabsOptions())
+    async with http_context.open():
+        await server.start()
+        try:
+            healthy = [await first_audio_s(eleven(server)) for _ in range(turns)]
+            local = [await first_audio_s(PIPER) for _ in range(turns)]
+            rows = []
+            for name, fault in TTS_FAULTS.items():
+                set_fault(server, fault)
+                ours_s = [await first_audio_s(ours_tts(server)) for _ in range(turns)]
+                stock_s = [await first_audio_s(stock_tts(server)) for _ in range(turns)]
+                rows.append((name, ours_s, stock_s))
+            set_fault(server, {"status": 500})
+            breaker = CircuitBreaker("tts/elevenlabs")
+            for _ in range(5):
+                await first_audio_s(ours_tts(server, breaker))
+            before = len(server.http_requests)
+            open_s = [await first_audio_s(ours_tts(server, breaker)) for _ in range(turns)]
+            asked = len(server.http_requests) - before
+        finally:
+            await server.aclose()
+    lines = [
+        f"Time to a sentence's first audio when the cloud voice (ElevenLabs, loopback) fails "
+        f"and the local Piper voice takes over, {turns} sentences per row; healthy ElevenLabs "
+        f"takes a median {statistics.median(healthy) * 1000:.1f} ms, Piper alone "
+        f"{statistics.median(local) * 1000:.1f} ms in this run.",
+        "",
+        "| fault | ours P50 s | ours P95 s | stock P50 s | stock P95 s | stock / ours (P95) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    worst_ours = worst_stock = 0.0
+    silent: list[str] = []
+    for name, ours_s, stock_s in rows:
+        o50, o95, s50, s95 = pct(ours_s, 50), pct(ours_s, 95), pct(stock_s, 50), pct(stock_s, 95)
+        worst_ours = max(worst_ours, o95)
+        if s95 >= STOCK_CAP_S:
+            silent.append(name)
+            stock_cells, ratio = f"{shown(s50)} | {shown(s95)}", "-"
+        else:
+            worst_stock = max(worst_stock, s95)
+            stock_cells, ratio = f"{s50:.3f} | {s95:.3f}", f"{s95 / o95:.1f}"
+        lines.append(f"| {name} | {o50:.3f} | {o95:.3f} | {stock_cells} | {ratio} |")
+    lines += [
+        "",
+        f"Breaker open: {turns} sentences, P50 {pct(open_s, 50) * 1000:.1f} ms, P95 "
+        f"{pct(open_s, 95) * 1000:.1f} ms to Piper's first audio; {asked} requests reached "
+        "the failing voice.",
+    ]
+    headline = f"TTS first audio ours {worst_ours:.2f} s vs stock {worst_stock:.2f} s" + (
+        f" and never on: {', '.join(silent)}" if silent else ""
+    )
+    return "\n".join(lines), headline
+
+
+async def run(turns: int) -> str:
+    llm_table, llm_headline = await run_llm(turns)
+    tts_table, tts_headline = await run_tts(turns)
+    return "\n".join(
+        [
+            "## LLM",
+            "",
+            llm_table,
+            "",
+            "## TTS",
+            "",
+            tts_table,
+            "",
+            f"Worst-fault P95: {llm_headline}; {tts_headline}.",
+        ]
+    )
 
 
 def main() -> None:

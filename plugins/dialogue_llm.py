@@ -154,7 +154,7 @@ def decide(policy: DialoguePolicy, items: Sequence[llm.ChatItem], tool_names: se
     for slot in intent.slots:
         for text in reversed(texts):  # the latest answer wins
             value = slot.extract(text)
-            if value is None and slot.whole_answer and asked == slot.question and text is texts[-1]:
+            if value is None and slot.whole_answer and _asks(asked, slot) and text is texts[-1]:
                 value = text.strip(" .,!?") or None
             if value:
                 values[slot.name] = value
@@ -172,7 +172,13 @@ def decide(policy: DialoguePolicy, items: Sequence[llm.ChatItem], tool_names: se
 
 
 def _answers_question(intent: Intent, asked: str | None, utterance: str) -> bool:
-    return any(s.question == asked and s.extract(utterance) for s in intent.slots)
+    return any(_asks(asked, s) and s.extract(utterance) for s in intent.slots)
+
+
+def _asks(asked: str | None, slot: Slot) -> bool:
+    """Did the agent's last words ask ``slot``'s question (they end with it: a resumed
+    call says "we got cut off" first)?"""
+    return asked is not None and asked.strip().endswith(slot.question)
 
 
 def _last_assistant_text(convo: Sequence[llm.ChatItem]) -> str | None:
@@ -188,7 +194,7 @@ def _pending_intent(
     """The intent whose slot question the agent just asked, and the caller's utterances
     since that intent was raised (oldest first)."""
     asked = _last_assistant_text(convo)
-    intent = next((i for i in policy.intents if any(s.question == asked for s in i.slots)), None)
+    intent = next((i for i in policy.intents if any(_asks(asked, s) for s in i.slots)), None)
     if intent is None:
         return None, []
     questions = {s.question for s in intent.slots}
