@@ -3,12 +3,17 @@ become a running session. The worker's job (a room, console included) and ``simu
 (a recording) both run calls through :class:`Call`.
 
     identity + decision + profile
-        -> Call.start: session (agent.pipeline) + ProfileAgent (greets on enter)
+        -> Call.start: session (agent.pipeline: the STT, LLM and TTS chains)
+                       + ProfileAgent (greets on enter, or picks up a kept conversation:
+                         agent.continuity; the confidence gate and backchannels in its
+                         STT node) + barge-in policy (agent.interruption) + echo
+                       canceller (agent.echo) + keypad (agent.dtmf)
                        + meter (usage -> outbox) + lease keeper (heartbeats)
         -> ... the conversation ...
         -> Call.aclose, on every exit (hang-up, end_call, error, shutdown), in this order:
-           stop speaking and close the session, final usage -> outbox (with the call's
-           end), release the lease, close the models and the sidecar client.
+           stop speaking and close the session, keep the conversation (unless the agent
+           said goodbye), final usage -> outbox (with the call's end), release the
+           lease, close the models and the sidecar client.
 
 A refused call is still a call: the caller hears why (uninterruptible) and it ends.
 """
@@ -142,7 +147,7 @@ class Call:
             greet=greet,
             interruptions=self.interruptions,
             gate=gate,
-            history=self._kept_conversation(),
+            history=await asyncio.to_thread(self._kept_conversation),
         )
         self._start_metering(session)
         self._start_lease_keeping()
@@ -182,7 +187,7 @@ class Call:
         # lose the call's usage, nor a failed flush keep the lease
         if session is not None:
             await _step("stop speaking", _stop_speaking(session))
-            if status == "ended":
+            if status in ("ended", "failed"):
                 await _step("keeping the conversation", self._keep_conversation(session))
         if self._meter is not None:
             await _step("final usage to the outbox", self._meter.close(status=status))
@@ -243,7 +248,8 @@ class Call:
         self._keeper_task = asyncio.create_task(self._keeper.run(), name="lease-keeper")
 
     def _kept_conversation(self) -> llm.ChatContext | None:
-        """This caller's conversation with this agent, if it dropped in the last 5 minutes."""
+        """This caller's conversation with this agent, if it dropped in the last 5 minutes
+        (blocking: the store is a file or Redis)."""
         if self._conversation_key is None:
             return None
         store = conversations_for(self._settings.redis_url, self._settings.data_dir)

@@ -14,10 +14,11 @@ line's delay itself. Mono audio only (a stereo caller passes through untouched).
 
 AEC3 also damps the caller while the agent talks (its suppressor cannot tell double talk
 from echo at once), which delays barge-in. So the cleaned audio is used only on a line
-that echoes: during the first ``DECIDE_S`` of the agent's voice (cleaned audio meanwhile) the
-canceller compares what it removed with what came in; a line where it removed 10 dB or
-more of an audible signal echoes (for the rest of the call), any other line gets its raw
-audio from then on, and barge-in keeps its full speed.
+that echoes: during the first ``DECIDE_S`` of the agent's voice (cleaned audio while the
+agent is heard, raw while it is silent) the canceller compares what it removed with what
+came in; a line where it removed 10 dB or more of an audible signal echoes (for the rest
+of the call), any other line gets its raw audio from then on, and barge-in keeps its full
+speed.
 
 ``tests/test_echo.py`` holds it: an echo 10 dB down and 100 ms late comes out more than
 30 dB further down after 2 s; a line without echo is passed through sample for sample
@@ -89,8 +90,6 @@ class EchoCanceller:
         came in; after ``DECIDE_S`` of it, decide for the call whether the line echoes."""
         if self._echo is not None:
             return
-        if not np.frombuffer(played.data, dtype=np.int16).any():
-            return
         self._judged_s += 0.01
         self._raw_energy += float(np.mean(raw.astype(np.float64) ** 2))
         self._cleaned_energy += float(np.mean(cleaned.astype(np.float64) ** 2))
@@ -140,10 +139,16 @@ class EchoCanceller:
             self._apm.set_stream_delay_ms(0)  # AEC3 finds the line's delay itself
             self._apm.process_stream(piece)
             cleaned = np.frombuffer(piece.data, dtype=np.int16)
-            if played is not None:
+            agent_audible = played is not None and bool(
+                np.frombuffer(played.data, dtype=np.int16).any()
+            )
+            if agent_audible:
+                assert played is not None
                 self._judge(raw, cleaned, played)
-            # undecided: cleaned (an echo must not pass while the line is being judged)
-            out.append(raw if self._echo is False else cleaned)
+            # undecided: cleaned while the agent is heard (an echo must not pass while the
+            # line is being judged), raw while it is silent (there is nothing to cancel)
+            echoing = self._echo or (self._echo is None and agent_audible)
+            out.append(cleaned if echoing else raw)
         heard = np.concatenate(out)
         return rtc.AudioFrame(heard.tobytes(), rate, 1, len(heard))
 

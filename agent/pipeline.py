@@ -1,6 +1,10 @@
 """Session assembly: which STT, LLM and TTS a call gets, read top to bottom as data flows.
 
-caller audio -> Silero VAD -> STT -> LLM (+ the profile's function tools) -> TTS -> caller
+caller audio -> Silero VAD -> STT chain -> LLM chain (+ the profile's function tools)
+             -> TTS chain -> caller
+
+Each stage is a chain of providers in ``plugins/`` (cloud tiers behind circuit breakers,
+then local ones; see the README's "When a provider fails").
 
 The worker's settings say which providers this machine has (keys, base URLs, defaults);
 the agent's profile chooses among them per stage (``stage_settings``).

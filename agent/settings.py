@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     has failed: the local STT takes over, from the words it had not finalised."""
     stt_min_confidence: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = {
         "deepgram": 0.6,
-        "local": 0.44,
+        "local": 0.415,
     }
     """Per STT provider, the confidence under which a final transcript is held back and
     the caller asked to repeat (see the README for how ``local`` was calibrated)."""

@@ -145,8 +145,10 @@ async def simulate_call(
     collector = _EventCollector()
     activity = _ActivityTracker()
     caller_audio_s = len(caller_pcm) / CALLER_SAMPLE_RATE_HZ
-    # a recording has no acoustic echo: no echo-canceller warm-up to wait for
-    settings = settings.model_copy(update={"aec_warmup_s": 0.0})
+    # a recording has no acoustic echo: no echo-canceller warm-up to wait for, and no echo
+    # to cancel (the canceller would damp a caller talking over the agent's first words
+    # while it judges the line; bench.bargein and tests/test_echo.py exercise it)
+    settings = settings.model_copy(update={"aec_warmup_s": 0.0, "echo_cancellation": False})
     sidecar = configured_sidecar(settings)
     identity = CallIdentity(
         call_id=f"sim-{uuid.uuid4().hex[:16]}",

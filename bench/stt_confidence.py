@@ -1,5 +1,5 @@
 """Calibrates the local STT's confidence gate: what Whisper's confidence is for real
-callers (the corpus turns of ``sample.wav`` longer than 1 s) and for what is not speech
+callers (the corpus turns of ``sample.wav`` of 0.5 s or more) and for what is not speech
 to be answered (line noise, mumbled sounds in espeak-ng voices on an 8 kHz line).
 
     python -m bench.stt_confidence
@@ -28,7 +28,7 @@ def main() -> None:
     rows = ["| input | text | confidence |", "|---|---|---:|"]
     real: list[float] = []
     for turn in load_stm():
-        if turn.end_s - turn.start_s < 1.0:
+        if turn.end_s - turn.start_s < 0.5:
             continue
         text, confidence = whisper.transcribe(int16_to_float32(cut_turn(audio, turn)))
         real.append(confidence)
