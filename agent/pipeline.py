@@ -76,6 +76,7 @@ def stage_settings(settings: Settings, profile: AgentProfile) -> Settings:
     keys = {
         "deepgram": settings.deepgram_api_key,
         "openai": settings.openai_api_key,
+        "anthropic": settings.anthropic_api_key,
         "elevenlabs": settings.elevenlabs_api_key,
     }
     update: dict[str, object] = {}
@@ -94,7 +95,9 @@ def stage_settings(settings: Settings, profile: AgentProfile) -> Settings:
     if chosen.stt_model:
         update["deepgram_model"] = chosen.stt_model
     if chosen.llm_model:
-        update["openai_model"] = chosen.llm_model
+        model_field = {"openai": "openai_model", "anthropic": "anthropic_model"}
+        if (field := model_field.get(resolved.resolved_llm())) is not None:
+            update[field] = chosen.llm_model
     if chosen.tts_model:
         model_field = {"openai": "openai_tts_model", "elevenlabs": "elevenlabs_model"}
         if (field := model_field.get(resolved.resolved_tts())) is not None:
@@ -107,26 +110,62 @@ def stage_settings(settings: Settings, profile: AgentProfile) -> Settings:
 
 
 def build_llm(settings: Settings, profile: AgentProfile) -> llm.LLM:
-    """The LLM chain: the cloud LLM (when its key is set; behind its process-wide circuit
-    breaker), then the embedded dialogue engine following the profile, then canned replies.
-    All tiers failing still produces speech."""
-    from plugins.circuit_breaker import breaker_for
+    """The LLM chain: the cloud LLMs whose keys are set (the chosen provider first, then
+    OpenAI, then Anthropic; each behind its process-wide circuit breaker), then the
+    embedded dialogue engine following the profile, then canned replies. All tiers failing
+    still produces speech."""
     from plugins.dialogue_llm import DialogueLLM
     from plugins.llm_chain import LLMChain
 
+    chosen = settings.resolved_llm()
     tiers: list[tuple[llm.LLM, CircuitBreaker | None]] = []
-    if settings.resolved_llm() == "openai":
-        from livekit.plugins import openai
-
-        cloud = openai.LLM(
-            model=settings.openai_model,
-            api_key=settings.openai_api_key.get_secret_value(),
-            base_url=settings.openai_base_url,
-        )
-        tiers.append((cloud, breaker_for("llm/openai", settings.openai_base_url)))
+    if chosen != "local":
+        keyed = {
+            "openai": settings.openai_api_key.get_secret_value(),
+            "anthropic": settings.anthropic_api_key.get_secret_value(),
+        }
+        for provider in dict.fromkeys(p for p in (chosen, "openai", "anthropic") if keyed[p]):
+            cloud = _openai_llm if provider == "openai" else _anthropic_llm
+            tiers.append(cloud(settings))
     tiers.append((DialogueLLM(dialogue_policy(profile)), None))
     tiers.append((DialogueLLM(canned_policy(profile)), None))
     return LLMChain(tiers, first_token_s=settings.llm_first_token_s)
+
+
+def _openai_llm(settings: Settings) -> tuple[llm.LLM, CircuitBreaker]:
+    import openai as openai_sdk
+    from livekit.plugins import openai
+
+    from plugins.circuit_breaker import breaker_for
+    from plugins.fallback import provider_http_client
+
+    breaker = breaker_for("llm/openai", settings.openai_base_url)
+    client = openai_sdk.AsyncClient(
+        api_key=settings.openai_api_key.get_secret_value(),
+        base_url=settings.openai_base_url,
+        max_retries=0,
+        http_client=provider_http_client(breaker),
+    )
+    return openai.LLM(model=settings.openai_model, client=client), breaker
+
+
+def _anthropic_llm(settings: Settings) -> tuple[llm.LLM, CircuitBreaker]:
+    import anthropic as anthropic_sdk
+    from livekit.plugins import anthropic
+
+    from plugins.circuit_breaker import breaker_for
+    from plugins.fallback import provider_http_client
+
+    breaker = breaker_for("llm/anthropic", settings.anthropic_base_url)
+    key = settings.anthropic_api_key.get_secret_value()
+    client = anthropic_sdk.AsyncClient(
+        api_key=key,
+        base_url=settings.anthropic_base_url,
+        max_retries=0,
+        # Claude may think for a while between streamed chunks (the plugin's own 30 s)
+        http_client=provider_http_client(breaker, read_timeout_s=30.0),
+    )
+    return anthropic.LLM(model=settings.anthropic_model, api_key=key, client=client), breaker
 
 
 def build_tts(settings: Settings, profile: AgentProfile, *, lines: Sequence[str] = ()) -> TTSChain:
@@ -134,6 +173,7 @@ def build_tts(settings: Settings, profile: AgentProfile, *, lines: Sequence[str]
     ElevenLabs, then OpenAI; each behind its process-wide circuit breaker), the local voice,
     then the profile's fixed lines (and ``lines``) pre-rendered by the local voice."""
     from plugins.circuit_breaker import breaker_for
+    from plugins.fallback import provider_http_client
     from plugins.local_tts import PiperTTS
     from plugins.phrasebook import PhrasebookTTS
     from plugins.tts_chain import TTSChain
@@ -160,16 +200,23 @@ def build_tts(settings: Settings, profile: AgentProfile, *, lines: Sequence[str]
             )
             tiers.append((voice, breaker_for("tts/elevenlabs", settings.elevenlabs_base_url)))
         else:
+            import openai as openai_sdk
             from livekit.plugins import openai
 
+            breaker = breaker_for("tts/openai", settings.openai_base_url)
+            client = openai_sdk.AsyncClient(
+                api_key=settings.openai_api_key.get_secret_value(),
+                base_url=settings.openai_base_url,
+                max_retries=0,
+                http_client=provider_http_client(breaker),
+            )
             voice = openai.TTS(
                 model=settings.openai_tts_model,
                 voice=settings.openai_tts_voice,
-                api_key=settings.openai_api_key.get_secret_value(),
-                base_url=settings.openai_base_url,
+                client=client,
                 response_format="pcm",
             )
-            tiers.append((voice, breaker_for("tts/openai", settings.openai_base_url)))
+            tiers.append((voice, breaker))
     local = PiperTTS()
     tiers.append((local, None))
     fixed = (profile.greeting, profile.goodbye, REPEAT_LINE, KEYPAD_LINE, RESUME_LINE, *lines)

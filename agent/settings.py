@@ -28,7 +28,7 @@ class Settings(BaseSettings):
 
     # providers: "auto" picks the cloud provider when its key is set, else the local one
     stt_provider: Literal["auto", "local", "deepgram"] = "auto"
-    llm_provider: Literal["auto", "local", "openai"] = "auto"
+    llm_provider: Literal["auto", "local", "openai", "anthropic"] = "auto"
     tts_provider: Literal["auto", "local", "elevenlabs", "openai"] = "auto"
 
     deepgram_api_key: SecretStr = SecretStr("")
@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     openai_model: str = "gpt-4.1-mini"
     openai_tts_model: str = "gpt-4o-mini-tts"
     openai_tts_voice: str = "alloy"
+
+    anthropic_api_key: SecretStr = SecretStr("")
+    anthropic_base_url: str = "https://api.anthropic.com"
+    anthropic_model: str = "claude-haiku-4-5"
 
     elevenlabs_api_key: SecretStr = SecretStr("")
     elevenlabs_base_url: str = "https://api.elevenlabs.io/v1"
@@ -126,9 +130,11 @@ class Settings(BaseSettings):
             return "deepgram" if self.deepgram_api_key.get_secret_value() else "local"
         return self.stt_provider
 
-    def resolved_llm(self) -> Literal["local", "openai"]:
+    def resolved_llm(self) -> Literal["local", "openai", "anthropic"]:
         if self.llm_provider == "auto":
-            return "openai" if self.openai_api_key.get_secret_value() else "local"
+            if self.openai_api_key.get_secret_value():
+                return "openai"
+            return "anthropic" if self.anthropic_api_key.get_secret_value() else "local"
         return self.llm_provider
 
     def resolved_tts(self) -> Literal["local", "elevenlabs", "openai"]:

@@ -34,7 +34,7 @@ LOCAL_VOICES = frozenset({"joe"})
 _ELEVENLABS_VOICE_ID = re.compile(r"^[A-Za-z0-9]{20}$")
 
 SttProvider = Literal["auto", "local", "deepgram"]
-LlmProvider = Literal["auto", "local", "openai"]
+LlmProvider = Literal["auto", "local", "openai", "anthropic"]
 TtsProvider = Literal["auto", "local", "elevenlabs", "openai"]
 ModelName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:/-]+$")]
 Text = Annotated[str, Field(min_length=1, max_length=2_000)]

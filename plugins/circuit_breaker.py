@@ -3,8 +3,9 @@
 A breaker is ``closed`` (requests go through) until ``failure_threshold`` failures happen
 within ``window_s``; then it is ``open`` for ``open_s`` (requests skip the provider at
 once, costing a turn nothing); after that one request is let through as a ``half_open``
-probe: its success closes the breaker, its failure opens it again. ``Retry-After`` from a
-provider (429) opens it for at least that long.
+probe: its success closes the breaker, its failure opens it again. A ``Retry-After`` from
+a provider (429) opens it for as long as the provider asked (the longer of the two when
+the failure also trips it).
 
 State changes are Prometheus metrics (labels: the provider's kind and stage, a bounded set)
 and log lines.
@@ -61,6 +62,8 @@ class CircuitBreaker:
         self._failures: deque[float] = deque()
         self._state: BreakerState = "closed"
         self._open_until = 0.0
+        self._asked_until = 0.0
+        """Until when the provider asked us to wait (its ``Retry-After``)."""
         self._probing = False
         BREAKER_STATE.labels(provider).set(0)
 
@@ -70,6 +73,18 @@ class CircuitBreaker:
             if self._state == "open" and self._clock() >= self._open_until:
                 return "half_open"
             return self._state
+
+    @property
+    def open_for_s(self) -> float:
+        """Seconds before an open breaker lets its probe through (0 when not open)."""
+        with self._lock:
+            return max(0.0, self._open_until - self._clock()) if self._state == "open" else 0.0
+
+    def asked_to_wait(self, seconds: float) -> None:
+        """The provider answered with ``Retry-After: seconds`` (read off the HTTP response
+        where the plugin's error does not carry it); the failure it reports applies it."""
+        with self._lock:
+            self._asked_until = max(self._asked_until, self._clock() + seconds)
 
     def allow(self) -> bool:
         """May a request go to the provider now? In ``half_open``, exactly one caller gets
@@ -93,19 +108,27 @@ class CircuitBreaker:
                 self._set("closed")
 
     def record_failure(self, *, retry_after_s: float | None = None) -> None:
-        """A failed request; ``retry_after_s`` (a provider's ``Retry-After``) opens the
-        breaker for at least that long."""
+        """A failed request; ``retry_after_s`` (a provider's ``Retry-After``, or the one it
+        gave in ``asked_to_wait``) opens the breaker for as long as it asked."""
         with self._lock:
             now = self._clock()
+            if self._asked_until > now:
+                retry_after_s = max(retry_after_s or 0.0, self._asked_until - now)
+            self._asked_until = 0.0
             was_probe = self._probing
             self._probing = False
             self._failures.append(now)
             while self._failures and self._failures[0] <= now - self._window_s:
                 self._failures.popleft()
-            if was_probe or retry_after_s is not None or len(self._failures) >= self._threshold:
-                self._open_until = now + max(self._open_s, retry_after_s or 0.0)
-                if self._state != "open":
-                    self._set("open")
+            tripped = was_probe or len(self._failures) >= self._threshold
+            if not tripped and retry_after_s is None:
+                return
+            # tripped: open_s (or longer if the provider asked); a Retry-After alone: as
+            # long as the provider asked, no longer (it told us when it is back)
+            open_s = max(self._open_s if tripped else 0.0, retry_after_s or 0.0)
+            self._open_until = max(self._open_until, now + open_s)
+            if self._state != "open":
+                self._set("open")
 
     def _set(self, state: BreakerState) -> None:
         self._state = state

@@ -6,6 +6,12 @@ and stream plumbing), with what it lacks for a phone call:
 - a **first-token budget**: a tier that connects and then says nothing for
   ``first_token_s`` has failed (livekit waits for its whole ``attempt_timeout``);
 - an **empty reply** (a stream that ends with neither text nor a tool call) has failed;
+- **a reply that dies half-way is finished by the next tier**, not dropped (livekit
+  gives up once a chunk was sent): a cloud tier gets the conversation with the part
+  already sent to the voice as its own unfinished message and is asked to continue it;
+  whatever tier answers, a restart of what was already said is cut
+  (``ContinuationFilter``), so the caller hears neither a repeat nor a gap. A reply that
+  already sent a tool call is not continued (the tool ran);
 - a **circuit breaker** per cloud provider, shared by every call of the process: an open
   breaker skips its tier at once (``plugins.circuit_breaker``);
 - every fallback is recorded (``fallback_events``, a log line, a Prometheus counter with
@@ -17,6 +23,7 @@ Local tiers have no breaker: they do not depend on anything that can go away.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncGenerator
 from typing import Any, cast
 
@@ -90,6 +97,62 @@ class LLMChain(FallbackAdapter):
         record_fallback(self.fallback_events, "llm", provider, reason, model=tier.model)
 
 
+CONTINUE_NOTE = (
+    "Your previous reply was cut off mid-way by a technical fault; the caller heard it up to "
+    "where it stops. Continue it from exactly that point, without repeating any of it."
+)
+
+
+def continuation_context(chat_ctx: llm.ChatContext, said: str) -> llm.ChatContext:
+    """``chat_ctx`` with the unfinished reply ``said`` as the assistant's last message and a
+    note asking to continue it (Anthropic's plugin turns a trailing assistant message into
+    a prefill where the model takes one)."""
+    ctx = chat_ctx.copy()
+    ctx.add_message(role="assistant", content=said)
+    ctx.add_message(role="system", content=CONTINUE_NOTE)
+    return ctx
+
+
+_WORD = re.compile(r"[\w']+")
+
+
+class ContinuationFilter:
+    """Passes a continuation's text on, except a restart of what was already ``said``:
+    while the continuation's words repeat ``said``'s from its first word, they are held
+    back; once they cover all of it, what follows is passed on (from the start of a word
+    that ``said`` had cut in the middle: that word is said whole); once they differ, all
+    of the held text is passed on (a continuation, or a rephrased answer)."""
+
+    def __init__(self, said: str) -> None:
+        self._said = [w.lower() for w in _WORD.findall(said)]
+        self._said_cut = bool(said) and (said[-1].isalnum() or said[-1] == "'")
+        self._held = ""
+        self._open = not self._said
+
+    def feed(self, text: str) -> str:
+        if self._open:
+            return text
+        self._held += text
+        matches = list(_WORD.finditer(self._held))
+        complete = matches if not self._held[-1:].isalnum() else matches[:-1]
+        for i, match in enumerate(complete[: len(self._said)]):
+            word, want = match.group().lower(), self._said[i]
+            last = i == len(self._said) - 1
+            if word != want and not (last and self._said_cut and word.startswith(want)):
+                return self._release(0)
+            if last:
+                # all of ``said`` repeated: pass on what follows it, from this word again
+                # if ``said`` stopped inside it
+                cut = match.start() if self._said_cut and word != want else match.end()
+                return self._release(cut)
+        return ""
+
+    def _release(self, start: int) -> str:
+        self._open = True
+        out, self._held = self._held[start:], ""
+        return out
+
+
 class LLMChainStream(FallbackLLMStream):
     _chain: LLMChain
 
@@ -97,35 +160,44 @@ class LLMChainStream(FallbackLLMStream):
         super().__init__(llm, **kwargs)
         self._chain = llm
         self._tier_spoke = False
+        self._said = ""
+        """The reply's text sent to the session so far, by every tier."""
+        self._sent_tool_call = False
 
     async def _run(self) -> None:
         chain = self._chain
+        original_ctx = self._chat_ctx
         for tier, breaker in zip(chain.tiers, chain.breakers, strict=True):
             if breaker is not None and not breaker.allow():
                 chain.record_fallback(tier, breaker, "breaker_open")
                 continue
             self._tier_spoke = False
+            # a cloud tier continues a reply cut short; a local one answers the caller
+            # (its own rules), and the filter cuts its restart of what was said
+            continuing = bool(self._said) and breaker is not None
+            self._chat_ctx = (
+                continuation_context(original_ctx, self._said) if continuing else original_ctx
+            )
             try:
-                await self._relay(tier)
+                await self._relay(tier, ContinuationFilter(self._said))
             except Exception as exc:
                 reason, retry_after_s = classify(exc)
                 if breaker is not None:
                     breaker.record_failure(retry_after_s=retry_after_s)
                 chain.record_fallback(tier, breaker, reason)
-                if self._tier_spoke:
-                    # the caller has heard part of this reply: another tier's answer would
-                    # repeat or contradict it (livekit's behaviour; see the README)
-                    raise
+                if self._sent_tool_call:
+                    raise  # the tool ran: another tier's reply would run it again
                 continue
+            finally:
+                self._chat_ctx = original_ctx
             if breaker is not None:
                 breaker.record_success()
             return
         raise APIConnectionError("every LLM tier failed")
 
-    async def _relay(self, tier: llm.LLM) -> None:
-        """Forward ``tier``'s chunks (``_tier_spoke`` once text or a tool call reached the
-        session). Raises on a failure, on no first token within the budget, and on an
-        empty reply."""
+    async def _relay(self, tier: llm.LLM, unrepeated: ContinuationFilter) -> None:
+        """Forward ``tier``'s chunks, its text through ``unrepeated``. Raises on a failure,
+        on no first token within the budget, and on an empty reply."""
         chunks = cast(AsyncGenerator[llm.ChatChunk, None], self._try_generate(llm=tier))
         try:
             try:
@@ -136,9 +208,17 @@ class LLMChainStream(FallbackLLMStream):
                 raise TierTimeout("first_token_timeout") from None
             while True:
                 delta = chunk.delta
-                self._event_ch.send_nowait(chunk)
                 if delta is not None and (delta.content or delta.tool_calls):
                     self._tier_spoke = True
+                if delta is not None and delta.content:
+                    text = unrepeated.feed(delta.content)
+                    self._said += text
+                    chunk = chunk.model_copy(
+                        update={"delta": delta.model_copy(update={"content": text})}
+                    )
+                if delta is not None and delta.tool_calls:
+                    self._sent_tool_call = True
+                self._event_ch.send_nowait(chunk)
                 try:
                     chunk = await anext(chunks)
                 except StopAsyncIteration:

@@ -5,6 +5,8 @@ first-token budget."""
 
 from __future__ import annotations
 
+import email.utils
+import json
 import time
 from typing import Any
 
@@ -18,7 +20,8 @@ from livekit.plugins import openai
 from agent.profile import TROUBLE_REPLY, builtin_profile, canned_policy, dialogue_policy
 from plugins.circuit_breaker import CircuitBreaker
 from plugins.dialogue_llm import DialogueLLM
-from plugins.llm_chain import LLMChain
+from plugins.fallback import MAX_RETRY_AFTER_S, parse_retry_after
+from plugins.llm_chain import ContinuationFilter, LLMChain
 
 FIRST_TOKEN_S = 0.5
 
@@ -127,6 +130,54 @@ async def test_retry_after_keeps_the_breaker_open_as_long_as_the_provider_asked(
     assert breaker.allow()
 
 
+def http_date_in(seconds: float) -> str:
+    return email.utils.formatdate(time.time() + seconds, usegmt=True)
+
+
+@pytest.mark.parametrize(
+    ("header", "open_s"),
+    [("120", 120.0), (None, 0.0), ("soon", 0.0), ("date", 90.0)],
+    ids=["seconds", "absent", "unreadable", "http-date"],
+)
+async def test_a_429_keeps_the_provider_skipped_as_long_as_its_retry_after_asked(
+    openai_server, header: str | None, open_s: float
+):
+    from agent.pipeline import build_llm
+
+    openai_server.options.status = 429
+    openai_server.options.retry_after = http_date_in(90) if header == "date" else header
+    chain = build_llm(cloud_settings(openai_server), builtin_profile())
+    breaker = chain.breakers[0]
+    assert await reply(chain)  # the dialogue engine answered
+    assert [e.reason for e in chain.fallback_events] == ["rate_limited"]
+    if not open_s:  # no usable Retry-After: an ordinary failure (1 of 5)
+        assert breaker.state == "closed"
+    else:  # skipped as long as asked (an HTTP date loses a second or two on the way)
+        assert open_s - 3 < breaker.open_for_s <= open_s
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("30", 30.0),
+        (" 2.5 ", 2.5),
+        ("0", 0.0),
+        ("-5", 0.0),
+        ("999999", MAX_RETRY_AFTER_S),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # in the past: now
+        ("", None),
+        ("soon", None),
+        ("nan", None),
+        ("inf", None),
+        ("1e400", None),
+        ("Wed, 21 Oct 2015 07:28:00", None),  # a date with no zone
+        ("Mon, 99 Foo 2015 99:99:99 GMT", None),
+    ],
+)
+def test_retry_after_values_are_read_or_refused(value: str, seconds: float | None):
+    assert parse_retry_after(value) == seconds
+
+
 async def test_when_every_tier_but_the_last_fails_the_caller_hears_the_canned_reply():
     class Broken(DialogueLLM):
         def chat(self, **kwargs: Any) -> Any:
@@ -146,6 +197,7 @@ OPS = st.lists(
         st.just(("allow",)),
         st.just(("success",)),
         st.just(("failure",)),
+        st.tuples(st.just("failure"), st.floats(min_value=0, max_value=100)),
         st.tuples(st.just("advance"), st.floats(min_value=0, max_value=40)),
     ),
     max_size=60,
@@ -174,11 +226,14 @@ def test_the_breaker_follows_its_specification(ops: list[tuple[Any, ...]]):
             breaker.record_success()
             state, failures, probing = "closed", [], False
         else:
-            breaker.record_failure()
+            retry_after = op[1] if len(op) > 1 else None
+            breaker.record_failure(retry_after_s=retry_after)
             was_probe, probing = probing, False
             failures = [t for t in failures if t > now - 60] + [now]
-            if was_probe or len(failures) >= 5:
-                state, open_until = "open", now + 30
+            tripped = was_probe or len(failures) >= 5
+            if tripped or retry_after is not None:
+                open_s = max(30 if tripped else 0, retry_after or 0)
+                state, open_until = "open", max(open_until, now + open_s)
         shown = "half_open" if state == "open" and clock.now >= open_until else state
         assert breaker.state == shown
 
@@ -219,3 +274,162 @@ async def test_a_call_whose_cloud_llm_is_unreachable_is_answered_turn_after_turn
         ("llm/openai", "breaker_open"),
     }
     assert report.errors == []
+
+
+# -- Anthropic, the second cloud tier -------------------------------------------------
+
+
+def cloud_settings(openai_server: Any = None, anthropic_server: Any = None) -> Any:
+    from pydantic import SecretStr
+
+    from agent.settings import Settings
+
+    keys: dict[str, Any] = {}
+    if openai_server is not None:
+        keys |= {"openai_api_key": SecretStr("sk-test"), "openai_base_url": openai_server.base_url}
+    if anthropic_server is not None:
+        keys |= {
+            "anthropic_api_key": SecretStr("sk-ant-test"),
+            "anthropic_base_url": anthropic_server.base_url,
+        }
+    return Settings(_env_file=None, llm_first_token_s=FIRST_TOKEN_S, **keys)  # type: ignore[call-arg]
+
+
+async def test_when_openai_is_down_claude_answers_then_the_dialogue_engine(
+    openai_server, anthropic_server
+):
+    from agent.pipeline import build_llm
+
+    openai_server.options.status = 503
+    chain = build_llm(cloud_settings(openai_server, anthropic_server), builtin_profile())
+    assert await reply(chain) == "Hello from the loopback Claude."
+    assert [(e.provider, e.reason) for e in chain.fallback_events] == [("llm/openai", "http_5xx")]
+
+    anthropic_server.options.refuse = True
+    chain = build_llm(cloud_settings(openai_server, anthropic_server), builtin_profile())
+    assert (
+        await reply(chain) == "Hello! This is Northwind Internet support. How can I help you today?"
+    )
+    assert [e.provider for e in chain.fallback_events] == ["llm/openai", "llm/anthropic"]
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ({"refuse": True}, "connection"),
+        ({"status": 529}, "http_5xx"),  # Anthropic's "overloaded"
+        ({"status": 429}, "rate_limited"),
+        ({"silent_close": True}, "connection"),
+        ({"garbage": "not_json"}, "malformed"),
+        ({"reply_chunks": []}, "empty_reply"),
+        ({"stall_s": 10.0}, "first_token_timeout"),
+    ],
+    ids=lambda v: str(v),
+)
+async def test_every_claude_fault_is_answered_by_the_dialogue_engine_within_the_budget(
+    anthropic_server, fault: dict[str, Any], reason: str
+):
+    from agent.pipeline import build_llm
+
+    for name, value in fault.items():
+        setattr(anthropic_server.options, name, value)
+    chain = build_llm(cloud_settings(anthropic_server=anthropic_server), builtin_profile())
+    started = time.monotonic()
+    said = await reply(chain)
+    assert said == "Hello! This is Northwind Internet support. How can I help you today?"
+    assert [(e.provider, e.reason) for e in chain.fallback_events] == [("llm/anthropic", reason)]
+    assert time.monotonic() - started < FIRST_TOKEN_S + 0.5
+
+
+async def test_claude_calls_the_profiles_tools(anthropic_server):
+    """The Anthropic tier runs the agent's function tools like the OpenAI one."""
+    from agent.pipeline import build_llm
+    from tests.loopback.openai_server import ToolCallScript
+
+    anthropic_server.options.tool_call = ToolCallScript("check_outage", {"area": "Springfield"})
+    chain = build_llm(cloud_settings(anthropic_server=anthropic_server), builtin_profile())
+    ctx = llm.ChatContext.empty()
+    ctx.add_message(role="user", content="Is there an outage in Springfield?")
+    calls = []
+    async with chain.chat(chat_ctx=ctx, tools=[]) as stream:
+        async for chunk in stream:
+            if chunk.delta and chunk.delta.tool_calls:
+                calls += chunk.delta.tool_calls
+    assert [(c.name, c.arguments) for c in calls] == [("check_outage", '{"area": "Springfield"}')]
+
+
+# -- a reply that dies half-way -------------------------------------------------------
+
+
+async def test_a_reply_cut_off_half_way_is_continued_by_claude_without_a_repeat(
+    openai_server, anthropic_server
+):
+    from agent.pipeline import build_llm
+
+    openai_server.options.reply_chunks = [
+        "Yes, there is",
+        " an outage",
+        " in Spring",
+        "field today.",
+    ]
+    openai_server.options.drop_after_fraction = 0.75  # "... an outage in Spring"
+    anthropic_server.options.reply_chunks = ["field", " since 9:10 this morning."]
+    chain = build_llm(cloud_settings(openai_server, anthropic_server), builtin_profile())
+    said = await reply(chain, "Is there an outage?")
+    assert said == "Yes, there is an outage in Springfield since 9:10 this morning."
+    assert [(e.provider, e.reason) for e in chain.fallback_events] == [("llm/openai", "connection")]
+    # Claude was shown the unfinished reply as its own and asked to go on from there
+    # (livekit sends a system message after the conversation's start as a user turn)
+    *_, unfinished, note = anthropic_server.message_requests[-1]["messages"]
+    assert unfinished["role"] == "assistant"
+    assert "Yes, there is an outage in Spring" in json.dumps(unfinished)
+    assert "cut off" in json.dumps(note)
+
+
+async def test_a_reply_cut_off_half_way_and_restarted_by_the_next_tier_is_not_repeated(
+    openai_server,
+):
+    """The dialogue engine answers the caller afresh; its words the caller already heard
+    are cut, so the reply reads as one."""
+    from agent.pipeline import build_llm
+
+    whole = "Hello! This is Northwind Internet support. How can I help you today?"
+    openai_server.options.reply_chunks = [w + " " for w in whole.split()]
+    openai_server.options.drop_after_fraction = 0.4
+    chain = build_llm(cloud_settings(openai_server), builtin_profile())
+    said = await reply(chain)
+    assert said.split() == whole.split()
+    assert [e.reason for e in chain.fallback_events] == ["connection"]
+
+
+@pytest.mark.parametrize(
+    ("said", "continuation", "heard"),
+    [
+        ("Yes, there is", " an outage.", " an outage."),  # a true continuation
+        ("Yes, there is", "Yes, there is an outage.", " an outage."),  # a restart
+        ("Yes, there is an out", "age today.", "age today."),  # the cut word finished
+        ("Yes, there is an out", "Yes, there is an outage today.", "outage today."),
+        ("Yes, there is", "Yes, we know of one.", "Yes, we know of one."),  # a rephrase
+        ("", "Hello.", "Hello."),
+    ],
+)
+def test_the_continuation_filter_cuts_restarts_only(said: str, continuation: str, heard: str):
+    for pieces in ([continuation], [c for c in continuation]):  # whole, and char by char
+        unrepeated = ContinuationFilter(said)
+        assert "".join(unrepeated.feed(p) for p in pieces) == heard
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.from_regex(r"[a-z]{1,8}", fullmatch=True), min_size=1, max_size=8),
+    st.lists(st.from_regex(r"[a-z]{1,8}", fullmatch=True), min_size=1, max_size=8),
+    st.integers(min_value=1, max_value=12),
+)
+def test_a_restarted_reply_comes_out_once_whatever_its_chunks(
+    said_words: list[str], rest_words: list[str], chunk: int
+):
+    said = " ".join(said_words) + " "
+    restart = said + " ".join(rest_words) + "."
+    unrepeated = ContinuationFilter(said)
+    out = "".join(unrepeated.feed(restart[i : i + chunk]) for i in range(0, len(restart), chunk))
+    assert (said + out).split() == restart.split()

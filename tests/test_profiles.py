@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from livekit.agents import AgentSession, llm
+from pydantic import ValidationError
 
 from agent.pipeline import stage_settings
 from agent.profile import (
@@ -175,6 +176,23 @@ def test_the_profile_chooses_providers_models_and_voices_among_what_the_worker_h
     assert chosen.resolved_tts() == "openai" and chosen.openai_tts_voice == "nova"
     # no Deepgram key on this worker: the settings' own choice, not a call without STT
     assert chosen.resolved_stt() == "local"
+
+
+def test_a_profile_can_put_claude_first_with_its_own_model():
+    settings = Settings(
+        openai_api_key="sk-test",  # type: ignore[arg-type]
+        anthropic_api_key="sk-ant-test",  # type: ignore[arg-type]
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    assert settings.resolved_llm() == "openai"  # auto: OpenAI first when both keys are set
+    profile = AgentProfile.model_validate(
+        {"name": "x", "providers": {"llm": "anthropic", "llm_model": "claude-sonnet-4-6"}}
+    )
+    chosen = stage_settings(settings, profile)
+    assert chosen.resolved_llm() == "anthropic"
+    assert chosen.anthropic_model == "claude-sonnet-4-6" and chosen.openai_model == "gpt-4.1-mini"
+    with pytest.raises(ValidationError):
+        AgentProfile.model_validate({"name": "x", "providers": {"llm": "claude"}})
 
 
 async def _run(profile_file: str, *lines: str) -> list[str]:

@@ -172,6 +172,38 @@ async def test_an_open_breaker_skips_the_voice_without_asking_it(elevenlabs_serv
     assert first_s < 0.3
 
 
+async def test_a_429_skips_each_voice_as_long_as_its_retry_after_asked(
+    elevenlabs_server, openai_server
+):
+    """ElevenLabs' error keeps its response (aiohttp's); OpenAI's SDK error does not, and
+    the pipeline's HTTP client hands the header to the breaker."""
+    from pydantic import SecretStr
+
+    from agent.pipeline import build_tts
+    from agent.settings import Settings
+
+    for server, seconds in ((elevenlabs_server, "45"), (openai_server, "20")):
+        server.options.status, server.options.retry_after = 429, seconds
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        elevenlabs_api_key=SecretStr("xi-test"),
+        elevenlabs_base_url=elevenlabs_server.base_url,
+        openai_api_key=SecretStr("sk-test"),
+        openai_base_url=openai_server.base_url,
+    )
+    chain = build_tts(settings, builtin_profile())
+    audio, _ = await speak(chain, SENTENCE)  # the local voice said it
+    assert len(audio) > chain.sample_rate
+    assert [(e.provider, e.reason) for e in chain.fallback_events] == [
+        ("tts/elevenlabs", "rate_limited"),
+        ("tts/openai", "rate_limited"),
+    ]
+    eleven, oai = chain.breakers[:2]
+    assert eleven is not None and 43 < eleven.open_for_s <= 45
+    assert oai is not None and 18 < oai.open_for_s <= 20
+    await chain.aclose()
+
+
 @pytest.mark.slow
 async def test_with_every_cloud_voice_down_the_local_voice_says_the_sentence(
     elevenlabs_server, openai_server

@@ -1,7 +1,7 @@
 """Loopback stand-ins for the cloud providers, speaking their real wire protocols on 127.0.0.1.
 
-Each server (Deepgram, OpenAI, ElevenLabs) is an aiohttp application on a random free port.
-It answers from a script, records what the client sent, and can inject the faults a real
+Each server (Deepgram, OpenAI, Anthropic, ElevenLabs) is an aiohttp application on a random
+free port. It answers from a script, records what the client sent, and can inject the faults a real
 provider shows: a refused connection, an HTTP error status, a slow first byte, a silent
 close, and garbage frames. The shared pieces live here: :class:`Faults`, the
 :class:`LoopbackServer` life cycle, and the deterministic :func:`tone` the TTS servers speak.
@@ -39,6 +39,8 @@ class Faults:
     status: int | None = None
     """Answer with this HTTP status and a provider-style JSON error body (WebSocket:
     the upgrade is refused with it)."""
+    retry_after: str | None = None
+    """Sent as the ``Retry-After`` header with ``status`` (seconds or an HTTP date)."""
     first_byte_delay_s: float = 0.0
     """Wait this long before the response starts (HTTP status line, WebSocket handshake)."""
     stall_s: float = 0.0
@@ -50,8 +52,8 @@ class Faults:
     """Send this instead of every scripted message or body: ``"not_json"`` (unparseable
     text) or ``"wrong_schema"`` (valid JSON the client does not expect)."""
     drop_after_fraction: float | None = None
-    """Send this fraction (0-1) of a streamed body (a TTS endpoint's audio), then drop the
-    TCP connection: a stream that dies mid-utterance."""
+    """Send this fraction (0-1) of a streamed body (a TTS endpoint's audio, an LLM's reply
+    chunks), then drop the TCP connection: a stream that dies mid-utterance."""
     fault_count: int | None = None
     """How many more requests or connections get the faults; ``None`` means all of them.
     Counts down, so a test can fail the first attempt and let a retry through."""
@@ -149,7 +151,8 @@ class LoopbackServer:
         if faults.first_byte_delay_s > 0:
             await asyncio.sleep(faults.first_byte_delay_s)
         if faults.status is not None:
-            return web.json_response(dict(error_body), status=faults.status)
+            headers = {"Retry-After": faults.retry_after} if faults.retry_after else None
+            return web.json_response(dict(error_body), status=faults.status, headers=headers)
         if faults.silent_close and not request.headers.get("Upgrade"):
             await request.read()
             self._drop(request)

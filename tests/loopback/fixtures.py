@@ -10,17 +10,31 @@ from collections.abc import AsyncIterator
 import pytest_asyncio
 from livekit.agents.utils import http_context
 
+from tests.loopback.anthropic_server import AnthropicServer
 from tests.loopback.deepgram_server import DeepgramServer
 from tests.loopback.elevenlabs_server import ElevenLabsServer
 from tests.loopback.openai_server import OpenAIServer
 
-__all__ = ["deepgram_server", "elevenlabs_server", "job_http_session", "openai_server"]
+__all__ = [
+    "anthropic_server",
+    "deepgram_server",
+    "elevenlabs_server",
+    "job_http_session",
+    "openai_server",
+]
 
 
 @pytest_asyncio.fixture
 async def openai_server() -> AsyncIterator[OpenAIServer]:
     """A running loopback OpenAI with the default script (a short text reply)."""
     async with OpenAIServer() as server:
+        yield server
+
+
+@pytest_asyncio.fixture
+async def anthropic_server() -> AsyncIterator[AnthropicServer]:
+    """A running loopback Anthropic with the default script (a short text reply)."""
+    async with AnthropicServer() as server:
         yield server
 
 

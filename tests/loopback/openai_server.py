@@ -133,8 +133,14 @@ class OpenAIServer(LoopbackServer):
         messages = body.get("messages", [])
         deltas = self._script(messages)
         await event(_chunk(completion_id, model, {"role": "assistant", "content": ""}))
-        for delta in deltas[:-1]:
+        limit = len(deltas) - 1
+        if faults is not None and faults.drop_after_fraction is not None:
+            limit = int(limit * faults.drop_after_fraction)
+        for delta in deltas[:limit]:
             await event(_chunk(completion_id, model, delta))
+        if limit < len(deltas) - 1:
+            self._drop(request)  # a stream that dies mid-reply
+            return resp
         finish_reason = deltas[-1]["finish_reason"]
         await event(_chunk(completion_id, model, {}, finish_reason=finish_reason))
         # the plugin always asks for usage (stream_options.include_usage); OpenAI sends it
