@@ -18,9 +18,10 @@ availability events), with what it lacks for a phone call:
 - a **circuit breaker** per cloud provider, shared by every call of the process;
 - every fallback recorded (``plugins.fallback``).
 
-The chain synthesizes one sentence at a time (``streaming=False``): ``AgentSession`` wraps
-it in livekit's ``tts.StreamAdapter``, which cuts the LLM's text at sentence boundaries,
-so the first sentence is spoken while the LLM is still writing the rest. Every tier's
+The chain synthesizes one piece of text at a time; its ``stream()`` is livekit's
+``tts.StreamAdapter`` over that, cutting the LLM's text with ``plugins.speech_chunks``
+(sentence ends, and clause boundaries past ~40 characters), so the first clause is spoken
+while the LLM is still writing the rest. Every tier's
 audio is resampled to the chain's rate by livekit's ``rtc.AudioResampler`` (the SoX
 resampler, soxr, inside livekit's FFI).
 """
@@ -33,15 +34,12 @@ from collections.abc import AsyncIterator
 
 from livekit import rtc
 from livekit.agents import APIConnectionError, tts, utils
-from livekit.agents.tts.fallback_adapter import (
-    FallbackAdapter,
-    FallbackChunkedStream,
-    FallbackSynthesizeStream,
-)
+from livekit.agents.tts.fallback_adapter import FallbackAdapter, FallbackChunkedStream
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 
 from plugins.circuit_breaker import CircuitBreaker
 from plugins.fallback import FallbackEvent, TierSilent, TierTimeout, classify, record_fallback
+from plugins.speech_chunks import SpeechChunker
 
 FIRST_AUDIO_S = 1.5
 STALL_S = 1.5
@@ -65,7 +63,9 @@ class TTSChain(FallbackAdapter):
         sample_rate: int | None = None,
     ) -> None:
         super().__init__([tier for tier, _ in tiers], max_retry_per_tts=0, sample_rate=sample_rate)
-        self._capabilities = tts.TTSCapabilities(streaming=False)
+        # streaming as the session sees it: livekit's StreamAdapter over ``synthesize``
+        self._capabilities = tts.TTSCapabilities(streaming=True, aligned_transcript=True)
+        self._pieces = tts.StreamAdapter(tts=self, sentence_tokenizer=SpeechChunker())
         self.breakers = [breaker for _, breaker in tiers]
         self.first_audio_s = first_audio_s
         self.stall_s = stall_s
@@ -94,13 +94,12 @@ class TTSChain(FallbackAdapter):
             chain=self, input_text=text, conn_options=dataclasses.replace(conn_options, max_retry=0)
         )
 
-    def stream(
+    def stream(  # type: ignore[override]  # livekit's adapter's stream, not a FallbackSynthesizeStream
         self, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
-    ) -> FallbackSynthesizeStream:
-        raise NotImplementedError(
-            "the TTS chain speaks one sentence at a time; AgentSession wraps it in "
-            "tts.StreamAdapter (do the same outside a session)"
-        )
+    ) -> tts.SynthesizeStream:
+        """The LLM's text in, cut into pieces (``plugins.speech_chunks``), each spoken by
+        ``synthesize``."""
+        return self._pieces.stream(conn_options=conn_options)
 
     async def aclose(self) -> None:
         """Close every tier (livekit's adapter only lets go of their events): the chain is
