@@ -3,7 +3,8 @@
 A breaker is ``closed`` (requests go through) until ``failure_threshold`` failures happen
 within ``window_s``; then it is ``open`` for ``open_s`` (requests skip the provider at
 once, costing a turn nothing); after that one request is let through as a ``half_open``
-probe: its success closes the breaker, its failure opens it again. A ``Retry-After`` from
+probe: its success closes the breaker, its failure opens it again (a probe that never
+reports back, its call gone, is given up after ``open_s``: another may go). A ``Retry-After`` from
 a provider (429) opens it for as long as the provider asked (the longer of the two when
 the failure also trips it).
 
@@ -65,6 +66,7 @@ class CircuitBreaker:
         self._asked_until = 0.0
         """Until when the provider asked us to wait (its ``Retry-After``)."""
         self._probing = False
+        self._probe_started = 0.0
         BREAKER_STATE.labels(provider).set(0)
 
     @property
@@ -94,9 +96,9 @@ class CircuitBreaker:
                 return True
             if self._state == "open" and self._clock() < self._open_until:
                 return False
-            if self._probing:
-                return False
-            self._probing = True
+            if self._probing and self._clock() - self._probe_started < self._open_s:
+                return False  # one probe at a time (one that never reported is given up)
+            self._probing, self._probe_started = True, self._clock()
             self._set("half_open")
             return True
 

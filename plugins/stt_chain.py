@@ -13,8 +13,15 @@ Built on livekit-agents' ``stt.FallbackAdapter`` (which wraps a non-streaming ST
 - a **circuit breaker** per cloud provider, shared by every call of the process, and every
   fallback recorded (``plugins.fallback``).
 
-The chain's stream serves one call for its whole length: once a tier has failed the call
-stays on the next one (the breaker's probe decides when new calls try it again).
+- **a call goes back to a provider that recovers**: while a lower tier serves, the
+  failed one is tried again at the end of an utterance (a final transcript, so no words
+  are in flight) once 1, 2, 4, then every 8 s have passed since it failed (its breaker
+  permitting: an open breaker is not asked), if it failed at once (refused, an HTTP
+  error, garbage): such a retry fails at once again, and the audio is replayed into the
+  lower tier, so it costs the caller nothing. A tier that went silent is not retried
+  within the call (a retry would cost the next utterance the whole budget again).
+
+The chain's stream serves one call for its whole length.
 """
 
 from __future__ import annotations
@@ -49,6 +56,16 @@ AUDIBLE_RMS = 300.0
 """A frame louder than this (16-bit RMS, about -40 dBFS) is audible: a provider must
 answer it."""
 ATTEMPT_TIMEOUT_S = 10.0
+RETRY_BACKOFF_S = (1.0, 2.0, 4.0, 8.0)
+"""Waits before trying a failed tier again within a call; the last repeats."""
+QUICK_FAILURES = frozenset({"connection", "http_5xx", "http_4xx", "rate_limited", "malformed"})
+"""Failures a retry meets at once, costing the caller nothing: only after these is a tier
+tried again within the call. One that went silent (``no_result``, a timeout) is not: a
+retry would cost the next utterance another budget; new calls try it (its breaker)."""
+
+
+class _Retry(Exception):
+    """A better tier is due for another try (raised at an utterance's end)."""
 
 
 class STTChain(FallbackAdapter):
@@ -123,29 +140,52 @@ class STTChainStream(FallbackRecognizeStream):
         self._unanswered_since: float | None = None
         """When audible audio was first sent that no event has answered yet."""
         self._input_ended = False
+        self._retries = 0
+        """Failed tries since the call last had its best tier (the backoff's step)."""
+        self._retry_at: float | None = None
+        """When a better tier than the serving one may be tried again."""
 
     async def _run(self) -> None:
         chain = self._chain
         forward = asyncio.create_task(self._forward_input(), name="stt-chain-input")
         try:
-            for index, tier in enumerate(chain._stt_instances):
-                breaker = chain.breakers[index]
-                if breaker is not None and not breaker.allow():
-                    chain.record_fallback(index, "breaker_open")
-                    continue
-                try:
-                    await self._listen(index, tier)
-                except Exception as exc:
-                    reason, retry_after_s = classify(exc)
-                    if breaker is not None:
-                        breaker.record_failure(retry_after_s=retry_after_s)
-                    chain.record_fallback(index, reason)
-                    continue
-                return
-            raise APIConnectionError("every STT tier failed")
+            while True:
+                retrying = self._retry_at is not None
+                for index, tier in enumerate(chain._stt_instances):
+                    breaker = chain.breakers[index]
+                    if breaker is not None and not breaker.allow():
+                        if not retrying:  # a retry does not report the breaker again
+                            chain.record_fallback(index, "breaker_open")
+                        continue
+                    try:
+                        await self._listen(index, tier)
+                    except _Retry:
+                        break  # from the top: the better tiers first
+                    except Exception as exc:
+                        reason, retry_after_s = classify(exc)
+                        if breaker is not None:
+                            breaker.record_failure(retry_after_s=retry_after_s)
+                        chain.record_fallback(index, reason)
+                        if reason in QUICK_FAILURES:
+                            step = RETRY_BACKOFF_S[min(self._retries, len(RETRY_BACKOFF_S) - 1)]
+                            self._retries += 1
+                            self._retry_at = time.monotonic() + step
+                        else:  # a retry could keep the caller waiting another budget
+                            self._retry_at = None
+                        continue
+                    return
+                else:
+                    raise APIConnectionError("every STT tier failed")
         finally:
             self._current = None
             await aio.cancel_and_wait(forward)
+
+    def _retry_due(self, index: int) -> bool:
+        """Is a better tier than ``index`` due for another try, its breaker permitting?"""
+        if self._retry_at is None or time.monotonic() < self._retry_at:
+            return False
+        better = self._chain.breakers[:index]
+        return any(b is None or b.state != "open" for b in better)
 
     async def _listen(self, index: int, tier: stt.STT) -> None:
         """Relay ``tier``'s events until the input ends; raises when it fails."""
@@ -187,14 +227,21 @@ class STTChainStream(FallbackRecognizeStream):
                         continue
                     if ev is None:
                         pumping.result()  # the tier's failure, if it failed
+                        if not succeeded and breaker is not None:
+                            breaker.record_success()  # it served to the call's end
                         return
                     self._unanswered_since = None
-                    if ev.type == stt.SpeechEventType.FINAL_TRANSCRIPT:
+                    final = ev.type == stt.SpeechEventType.FINAL_TRANSCRIPT
+                    if final:
                         self._unfinalised.clear()
-                        if not succeeded and (breaker := chain.breakers[index]) is not None:
+                        if not succeeded and breaker is not None:
                             breaker.record_success()
                             succeeded = True
+                        if index == 0:
+                            self._retries, self._retry_at = 0, None
                     self._event_ch.send_nowait(ev)
+                    if final and index > 0 and self._retry_due(index):
+                        raise _Retry  # between utterances: no words in flight
             finally:
                 await aio.cancel_and_wait(pumping)
 

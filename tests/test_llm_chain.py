@@ -191,6 +191,18 @@ async def test_when_every_tier_but_the_last_fails_the_caller_hears_the_canned_re
     assert [e.reason for e in chain.fallback_events] == ["error"]
 
 
+def test_a_probe_whose_call_went_away_does_not_shut_the_provider_out_for_good():
+    clock = Clock()
+    breaker = CircuitBreaker("llm/openai", clock=clock)
+    for _ in range(5):
+        breaker.record_failure()
+    clock.now += 30
+    assert breaker.allow()  # the probe; its caller hangs up before it reports back
+    assert not breaker.allow()
+    clock.now += 30
+    assert breaker.allow()
+
+
 # the breaker's state machine against a model of the specification
 OPS = st.lists(
     st.one_of(
@@ -209,7 +221,7 @@ OPS = st.lists(
 def test_the_breaker_follows_its_specification(ops: list[tuple[Any, ...]]):
     clock = Clock()
     breaker = CircuitBreaker("llm/test", failure_threshold=5, window_s=60, open_s=30, clock=clock)
-    state, failures, open_until, probing = "closed", [], 0.0, False
+    state, failures, open_until, probing, probe_at = "closed", [], 0.0, False, 0.0
     for op in ops:
         now = clock.now
         if op[0] == "advance":
@@ -217,10 +229,10 @@ def test_the_breaker_follows_its_specification(ops: list[tuple[Any, ...]]):
         elif op[0] == "allow":
             if state == "closed":
                 expected = True
-            elif state == "open" and now < open_until or probing:
+            elif state == "open" and now < open_until or probing and now - probe_at < 30:
                 expected = False
             else:
-                expected, probing, state = True, True, "half_open"
+                expected, probing, state, probe_at = True, True, "half_open", now
             assert breaker.allow() == expected, (op, state)
         elif op[0] == "success":
             breaker.record_success()

@@ -115,6 +115,7 @@ FAULTS: dict[str, tuple[dict[str, Any], str]] = {
 async def test_every_fault_of_deepgram_leaves_the_caller_heard_by_whisper(
     deepgram_server, vad_model, diane, fault
 ):
+    """(A Deepgram that went silent is not tried again within the call.)"""
     settings, reason = FAULTS[fault]
     for name, value in settings.items():
         setattr(deepgram_server.options, name, value)
@@ -151,4 +152,32 @@ async def test_an_open_breaker_skips_deepgram_without_connecting(deepgram_server
     assert "diane" in text.lower()
     assert deepgram_server.connections == [] and deepgram_server.rejected == 0
     assert [e.reason for e in chain.fallback_events] == ["breaker_open"]
+    await chain.aclose()
+
+
+@pytest.mark.parametrize("recovers", [True, False], ids=["recovers", "stays down"])
+async def test_a_call_goes_back_to_deepgram_between_utterances_once_it_recovers(
+    deepgram_server, vad_model, diane, recovers: bool
+):
+    """Deepgram refuses the call's first connection; Whisper hears the first utterance.
+    At its end (1 s after the failure: the backoff's first step) Deepgram is tried again:
+    back, it hears the second utterance; still down, Whisper does, and the next try
+    waits 2 s. Nothing the caller says is lost either way."""
+    deepgram_server.options.status = 503
+    deepgram_server.options.fault_count = 1 if recovers else None
+    # the loopback finalises every second of speech: the clip's two, and a spare
+    deepgram_server.options.transcripts = ["this is diane", "in new jersey", ""]
+    chain = chain_for(deepgram_server, vad_model)
+    chain.no_result_s = 2.5  # the loopback answers only after 1 s of speech
+    text, _ = await hear(chain, np.concatenate([diane, diane]), realtime=True)
+    assert text.lower().count("diane") == 2, text
+    if recovers:
+        assert text.endswith("this is diane in new jersey"), text  # the loopback's words
+        assert chain.serving == "deepgram"
+        assert [e.reason for e in chain.fallback_events] == ["http_5xx"]
+    else:
+        assert chain.serving == "local"
+        # the start, then one try at the end of each utterance (1 s, then 2 s, had passed)
+        assert deepgram_server.rejected == 3
+        assert [e.reason for e in chain.fallback_events] == ["http_5xx"] * 3
     await chain.aclose()
