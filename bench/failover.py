@@ -9,10 +9,14 @@ over the same two tiers. A turn's time is from the request to the first text tok
 session would speak, beside the healthy cloud's in the same run. One more line: once the
 breaker is open, what a turn costs (no request is made to the failing provider). Then the
 same for a sentence's first audio: ElevenLabs (loopback) with each fault, then Piper; ours
-with its 1.5 s first-audio budget, stock with its request timeout and retries.
+with its 1.5 s first-audio budget, stock with its request timeout and retries. Then the
+caller's words: a real corpus utterance ("This is Diane in New Jersey.", a phone line)
+played in real time to Deepgram (loopback) with each fault, then Whisper; the time from
+the end of the caller's speech to its final transcript, ours (3 s no-result budget, the unfinalised
+audio replayed) against livekit's stock ``stt.FallbackAdapter``.
 
-Run from the repository root: ``python -m bench.failover [--turns N]``. Prints Markdown;
-the last line is the headline.
+Run from the repository root: ``python -m bench.failover [--turns N] [--stages llm,tts,stt]``.
+Prints Markdown; the last line is the headline.
 """
 
 from __future__ import annotations
@@ -27,16 +31,21 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from livekit.agents import llm, tts
+from livekit import rtc
+from livekit.agents import llm, stt, tts
 from livekit.agents.utils import http_context
-from livekit.plugins import elevenlabs, openai
+from livekit.plugins import deepgram, elevenlabs, openai, silero
 
 from agent.profile import builtin_profile, canned_policy, dialogue_policy
+from bench.corpus import load_sample_audio
 from plugins.circuit_breaker import CircuitBreaker
 from plugins.dialogue_llm import DialogueLLM
 from plugins.llm_chain import LLMChain
+from plugins.local_stt import WhisperSTT
 from plugins.local_tts import PiperTTS
+from plugins.stt_chain import STTChain
 from plugins.tts_chain import TTSChain
+from tests.loopback.deepgram_server import DeepgramOptions, DeepgramServer
 from tests.loopback.elevenlabs_server import ElevenLabsOptions, ElevenLabsServer
 from tests.loopback.openai_server import OpenAIOptions, OpenAIServer
 
@@ -267,32 +276,148 @@ async def run_tts(turns: int) -> tuple[str, str]:
     return "\n".join(lines), headline
 
 
-async def run(turns: int) -> str:
-    llm_table, llm_headline = await run_llm(turns)
-    tts_table, tts_headline = await run_tts(turns)
-    return "\n".join(
-        [
-            "## LLM",
-            "",
-            llm_table,
-            "",
-            "## TTS",
-            "",
-            tts_table,
-            "",
-            f"Worst-fault P95: {llm_headline}; {tts_headline}.",
-        ]
+STT_FAULTS: dict[str, dict[str, Any]] = {
+    "connection refused": {"refuse": True},
+    "HTTP 500": {"status": 500},
+    "HTTP 429": {"status": 429},
+    "connects, then silent": {"stall_s": 60.0},
+}
+FRAME = 320  # 20 ms at 16 kHz
+
+
+SPEECH_S = 2.2
+
+
+def utterance() -> np.ndarray:
+    """Corpus: "This is Diane in New Jersey." (a phone line, 2.2 s), then 2 s of quiet."""
+    pcm = load_sample_audio()
+    speech = pcm[int(12.3 * 16_000) : int((12.3 + SPEECH_S) * 16_000)]
+    return np.concatenate([speech, np.zeros(2 * 16_000, np.int16)])
+
+
+def deepgram_stt(server: DeepgramServer) -> stt.STT:
+    return deepgram.STT(api_key="dg-bench", base_url=server.listen_url)
+
+
+async def final_s(model: stt.STT, pcm: np.ndarray, cap_s: float = STOCK_CAP_S) -> float:
+    """Seconds from the end of the speech in ``pcm`` (played in real time) to its first
+    non-empty final transcript (``cap_s`` if none came)."""
+    stream = model.stream()
+    heard = asyncio.Event()
+    heard_at = 0.0
+
+    async def read() -> None:
+        nonlocal heard_at
+        async for ev in stream:
+            if ev.type == stt.SpeechEventType.FINAL_TRANSCRIPT and ev.alternatives[0].text:
+                heard_at = heard_at or time.perf_counter()
+                heard.set()
+
+    reader = asyncio.create_task(read())
+    speech_frames = int(SPEECH_S * 16_000) // FRAME
+    ended = time.perf_counter()
+    try:
+        for n, i in enumerate(range(0, len(pcm) - FRAME + 1, FRAME)):
+            if n == speech_frames:
+                ended = time.perf_counter()
+            stream.push_frame(rtc.AudioFrame(pcm[i : i + FRAME].tobytes(), 16_000, 1, FRAME))
+            await asyncio.sleep(0.02)
+        await asyncio.wait_for(heard.wait(), cap_s)
+        return max(0.0, heard_at - ended)
+    except Exception:  # silence until the cap, or the stock adapter gave up
+        return cap_s
+    finally:
+        reader.cancel()
+        await stream.aclose()
+
+
+async def run_stt(turns: int) -> tuple[str, str]:
+    vad = silero.VAD.load()
+    whisper = WhisperSTT()
+    pcm = utterance()
+    server = DeepgramServer(DeepgramOptions())
+    async with http_context.open():
+        await server.start()
+        try:
+
+            def ours(breaker: CircuitBreaker | None = None) -> stt.STT:
+                cloud = (deepgram_stt(server), breaker or CircuitBreaker("stt/deepgram"))
+                return STTChain([cloud, (whisper, None)], vad=vad)
+
+            def stock() -> stt.STT:
+                return stt.FallbackAdapter([deepgram_stt(server), whisper], vad=vad)
+
+            async def measure_stt(make: Callable[[], stt.STT]) -> list[float]:
+                out = []
+                for _ in range(turns):
+                    server.options.transcripts = ["this is diane", "in new jersey", ""]
+                    out.append(await final_s(make(), pcm))
+                return out
+
+            healthy = await measure_stt(lambda: deepgram_stt(server))
+            local = await measure_stt(lambda: stt.StreamAdapter(stt=whisper, vad=vad))
+            rows = []
+            for name, fault in STT_FAULTS.items():
+                set_fault(server, fault)
+                rows.append((name, await measure_stt(ours), await measure_stt(stock)))
+        finally:
+            await server.aclose()
+    lines = [
+        f"Time from the end of the caller's speech to its final transcript when Deepgram "
+        f"(loopback) fails and Whisper takes over, {turns} utterances per row, in real time; "
+        f"healthy Deepgram takes a median {statistics.median(healthy):.3f} s, Whisper alone "
+        f"{statistics.median(local):.3f} s in this run.",
+        "",
+        "| fault | ours P50 s | ours P95 s | stock P50 s | stock P95 s | stock / ours (P95) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    worst_ours = worst_stock = 0.0
+    silent: list[str] = []
+    for name, ours_s, stock_s in rows:
+        o50, o95, s50, s95 = pct(ours_s, 50), pct(ours_s, 95), pct(stock_s, 50), pct(stock_s, 95)
+        worst_ours = max(worst_ours, o95)
+        if s95 >= STOCK_CAP_S:
+            silent.append(name)
+            stock_cells, ratio = f"{shown(s50)} | {shown(s95)}", "-"
+        else:
+            worst_stock = max(worst_stock, s95)
+            stock_cells, ratio = f"{s50:.3f} | {s95:.3f}", f"{s95 / o95:.1f}"
+        lines.append(f"| {name} | {o50:.3f} | {o95:.3f} | {stock_cells} | {ratio} |")
+    headline = f"STT final ours {worst_ours:.2f} s vs stock {worst_stock:.2f} s" + (
+        f" and never on: {', '.join(silent)}" if silent else ""
     )
+    return "\n".join(lines), headline
+
+
+async def run(turns: int, stages: list[str]) -> str:
+    runners = {"llm": run_llm, "tts": run_tts, "stt": run_stt}
+    out: list[str] = []
+    headlines = []
+    for stage in stages:
+        table, headline = await runners[stage](turns)
+        out += [f"## {stage.upper()}", "", table, ""]
+        headlines.append(headline)
+    return "\n".join([*out, f"Worst-fault P95: {'; '.join(headlines)}."])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--turns", type=int, default=20, help="turns per fault and adapter")
+    parser.add_argument(
+        "--stages",
+        default="llm,tts,stt",
+        help="comma-separated stages to measure (llm, tts, stt); the STT runs in real time",
+    )
     args = parser.parse_args()
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    if not stages or any(s not in ("llm", "tts", "stt") for s in stages):
+        parser.error(f"--stages takes llm, tts and stt, not {args.stages!r}")
+    if args.turns < 1:
+        parser.error("--turns must be at least 1")
     logging.basicConfig(level=logging.ERROR)
     # the loopback's complaints when a client hangs up on a stalled reply (expected here)
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
-    print(asyncio.run(run(args.turns)))
+    print(asyncio.run(run(args.turns, stages)))
 
 
 if __name__ == "__main__":
