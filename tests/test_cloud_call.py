@@ -16,6 +16,7 @@ from agent.profile import builtin_profile
 from agent.settings import Settings
 from agent.simulate import SimulationOptions, simulate_call
 from agent.wav_io import load_caller_audio
+from tests.loopback.anthropic_server import AnthropicServer
 from tests.loopback.deepgram_server import DeepgramServer
 from tests.loopback.elevenlabs_server import ElevenLabsServer
 from tests.loopback.openai_server import OpenAIServer, ToolCallScript
@@ -102,3 +103,48 @@ async def test_cloud_call_runs_the_tool_and_speaks_the_answer(
     assert usage.tts_audio_s > 0
     assert usage.stt_audio_s > 0
     assert deepgram_server.audio_bytes >= len(pcm) * 2
+
+
+@pytest.mark.slow
+async def test_when_openai_is_down_claude_runs_the_tool_and_answers_the_call(
+    deepgram_server: DeepgramServer,
+    openai_server: OpenAIServer,
+    anthropic_server: AnthropicServer,
+) -> None:
+    """OpenAI refuses every request; the Anthropic tier takes the turn: the session's
+    tools reach Claude, its tool use runs ours, the result goes back, the answer is said."""
+    deepgram_server.options.transcripts = [CALLER_SAYS]
+    openai_server.options.status = 503
+    anthropic_server.options.tool_call = ToolCallScript("check_outage", {"area": "Springfield"})
+    anthropic_server.options.reply_chunks = REPLY
+    settings = Settings(
+        deepgram_api_key=SecretStr("test"),
+        deepgram_base_url=deepgram_server.listen_url,
+        openai_api_key=SecretStr("test"),
+        openai_base_url=openai_server.base_url,
+        anthropic_api_key=SecretStr("test"),
+        anthropic_base_url=anthropic_server.base_url,
+        tts_provider="local",
+    )
+    pcm = load_caller_audio(SAMPLE_WAV)[int(12.3 * 16_000) : int(14.5 * 16_000)]
+    report, _ = await asyncio.wait_for(
+        simulate_call(pcm, settings, load_vad(), options=SimulationOptions(realtime=True)),
+        timeout=90,
+    )
+    assert report.stack["llm"].startswith(
+        "livekit.plugins.openai.llm.LLM -> livekit.plugins.anthropic.llm.LLM -> "
+    )
+    # (the loopback Deepgram answers only the clip's first second; Whisper, after the
+    # 3 s no-result budget, hears the rest as a second turn, which Claude answers alike)
+    first_call = report.tool_calls[0]
+    assert (first_call["name"], first_call["arguments"]) == (
+        "check_outage",
+        {"area": "Springfield"},
+    )
+    assert "outage in Springfield" in anthropic_server.tool_results()[0]
+    # Claude was given the agent's tools, and its answer is what the caller heard
+    assert "check_outage" in [t["name"] for t in anthropic_server.message_requests[0]["tools"]]
+    assert report.turns[0].caller_text == CALLER_SAYS
+    assert report.turns[0].agent_text == "".join(REPLY)
+    assert {e["provider"] for e in report.fallback_events} <= {"llm/openai", "stt/deepgram"}
+    assert report.errors == []

@@ -2,7 +2,7 @@
 internet). They never replace the loopback tests (tests/test_cloud_*.py), which run the
 same plugins against local servers that can also inject faults.
 
-    DEEPGRAM_API_KEY=... OPENAI_API_KEY=... ELEVENLABS_API_KEY=... \\
+    DEEPGRAM_API_KEY=... OPENAI_API_KEY=... ANTHROPIC_API_KEY=... ELEVENLABS_API_KEY=... \\
     LIVEKIT_URL=wss://... LIVEKIT_API_KEY=... LIVEKIT_API_SECRET=... ./test.sh tests/test_live.py
 """
 
@@ -51,9 +51,15 @@ async def test_deepgram_transcribes_a_real_caller(vad_model, sample_wav_pcm):
     assert report.errors == []
 
 
-@needs("OPENAI_API_KEY")
-async def test_openai_llm_calls_the_outage_tool(vad_model, piper_caller):
-    settings = Settings(stt_provider="local", llm_provider="openai", tts_provider="local")
+@pytest.mark.parametrize(
+    "provider",
+    [
+        pytest.param("openai", marks=needs("OPENAI_API_KEY")),
+        pytest.param("anthropic", marks=needs("ANTHROPIC_API_KEY")),
+    ],
+)
+async def test_cloud_llm_calls_the_outage_tool(provider, vad_model, piper_caller):
+    settings = Settings(stt_provider="local", llm_provider=provider, tts_provider="local")
     caller = np.concatenate([silence(0.3), piper_caller("Is there an outage in Springfield?")])
     report, _ = await simulate_call(caller, settings, vad_model, options=NO_GREETING)
     assert [c["name"] for c in report.tool_calls] == ["check_outage"], report.to_json()
