@@ -17,7 +17,7 @@ from livekit.agents import AgentServer, JobContext, JobProcess
 
 # livekit-agents registers a plugin when it is first imported, and only on the main thread;
 # `console` runs prewarm and the job in a thread, so import every plugin a call may use here.
-from livekit.plugins import deepgram, elevenlabs, openai, silero  # noqa: F401
+from livekit.plugins import anthropic, deepgram, elevenlabs, openai, silero  # noqa: F401
 
 from agent.admission import (
     AdmissionDecision,
