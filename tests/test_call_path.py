@@ -5,6 +5,8 @@ through the outbox, and ends in the sidecar's ledger (uvicorn, PostgreSQL)."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -158,3 +160,40 @@ async def test_a_call_over_the_limit_hears_the_refusal_and_is_not_billed(
         assert not session.exec(
             select(BillingEvent).where(BillingEvent.call_id == report.call_id)
         ).all()
+
+
+def test_every_cloud_plugin_a_call_may_build_is_registered_by_the_worker_module():
+    """livekit registers a plugin on its first import, and only on the main thread; the
+    console builds a call's pipeline in a thread. With every key set, building each stage
+    in a thread after importing agent.worker must not import a plugin for the first time."""
+    script = """
+import threading
+import agent.worker
+from pydantic import SecretStr
+from agent.pipeline import build_llm, build_stt, build_tts, load_vad
+from agent.profile import builtin_profile
+from agent.settings import Settings
+keys = {k: SecretStr("k") for k in (
+    "openai_api_key", "anthropic_api_key", "elevenlabs_api_key", "deepgram_api_key")}
+settings = Settings(_env_file=None, **keys)
+errors = []
+def build():
+    try:
+        build_llm(settings, builtin_profile())
+        build_tts(settings, builtin_profile())
+        build_stt(settings, load_vad())
+    except Exception as exc:
+        errors.append(repr(exc))
+thread = threading.Thread(target=build)
+thread.start()
+thread.join()
+assert not errors, errors
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
