@@ -32,6 +32,7 @@ from livekit.agents import Agent, AgentSession, llm, vad
 from livekit.agents.voice import events
 from livekit.agents.voice.io import AudioInput, AudioOutput
 
+from agent import metrics as call_metrics
 from agent.admission import AdmissionDecision, CallIdentity, LeaseKeeper
 from agent.continuity import conversation_key, conversations_for
 from agent.dtmf import DtmfCollector
@@ -100,6 +101,8 @@ class Call:
         self.keypad: DtmfCollector | None = None
         self._room: rtc.Room | None = None
         self.status: str | None = None
+        self._counted = False
+        """Counted in the calls-active gauge (a refused call never is)."""
         self.ended = asyncio.Event()
         """Set once :meth:`aclose` has finished."""
 
@@ -152,6 +155,9 @@ class Call:
         self._start_metering(session)
         self._start_lease_keeping()
         session.on("close", self._on_session_close)
+        call_metrics.watch_session(session)
+        call_metrics.call_started()
+        self._counted = True
         await self._start_session(self.agent, room, audio_input, audio_output, observe)
         self._phrases_task = asyncio.create_task(self._prepare_phrases(), name="phrasebook")
         log.info(
@@ -202,10 +208,9 @@ class Call:
                     await _step(f"closing {model.label}", model.aclose())
         if self._sidecar is not None:
             await _step("closing the sidecar client", self._sidecar.aclose())
-        log.info(
-            "call ended",
-            extra={"status": status, "duration_s": round(time.time() - self.started_at, 3)},
-        )
+        duration_s = time.time() - self.started_at
+        call_metrics.call_ended(status, duration_s, was_active=self._counted)
+        log.info("call ended", extra={"status": status, "duration_s": round(duration_s, 3)})
         self.ended.set()
         if self._on_ended is not None:
             self._on_ended(status)

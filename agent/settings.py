@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     """The agent a call runs when the sidecar names none (a YAML file; ``--agent FILE``
     sets it); unset: the built-in Northwind demo."""
 
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    """Where ``start``/``dev`` serve the worker's Prometheus metrics (``/metrics``); unset:
+    not served. Job processes' metrics are gathered under ``data_dir``/``metrics``."""
+
     data_dir: Path = Path("data")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] | None = None

@@ -168,6 +168,12 @@ def build_server(settings: Settings) -> AgentServer:
         setup_fnc=prewarm,
         load_fnc=load,
         load_threshold=1.0,
+        # livekit's /metrics: every job process's metrics (prometheus-client's
+        # multiprocess mode, files under the data directory)
+        prometheus_port=settings.metrics_port,
+        prometheus_multiproc_dir=(
+            str(settings.data_dir.resolve() / "metrics") if settings.metrics_port else None
+        ),
     )
     client = configured_sidecar(settings)
     server.rtc_session(
