@@ -445,3 +445,39 @@ def test_a_restarted_reply_comes_out_once_whatever_its_chunks(
     unrepeated = ContinuationFilter(said)
     out = "".join(unrepeated.feed(restart[i : i + chunk]) for i in range(0, len(restart), chunk))
     assert (said + out).split() == restart.split()
+
+
+@pytest.mark.slow
+async def test_a_call_whose_llm_dies_mid_reply_hears_the_whole_answer_once(
+    vad_model, piper_caller, openai_server, anthropic_server
+):
+    """OpenAI's stream drops after half its reply; Claude continues it. The caller hears
+    every word of the answer, and none twice (read back from the call's audio)."""
+    from agent.simulate import SimulationOptions, simulate_call
+    from agent.wav_io import AGENT_SAMPLE_RATE_HZ
+    from tests.conftest import silence
+    from tests.hearing import share_of_words_heard, transcribe
+
+    answer = "Yes, there is an outage in Springfield, and our engineers expect it fixed by noon."
+    words = answer.split(" ")
+    openai_server.options.reply_chunks = [w + " " for w in words[:-1]] + [words[-1]]
+    openai_server.options.drop_after_fraction = 0.5
+    anthropic_server.options.reply_chunks = [" ".join(words[len(words) // 2 :])]
+    caller = np.concatenate(
+        [silence(0.3), piper_caller("Is there an outage in Springfield?"), silence(1.0)]
+    )
+    report, audio = await simulate_call(
+        caller,
+        cloud_settings(openai_server, anthropic_server).model_copy(
+            update={"llm_first_token_s": 2.0}
+        ),
+        vad_model,
+        options=SimulationOptions(greeting=False, quiet_after_s=2.0),
+    )
+    assert [t.agent_text.split() for t in report.turns] == [answer.split()]
+    assert [(e["provider"], e["reason"]) for e in report.fallback_events] == [
+        ("llm/openai", "connection")
+    ]
+    heard = transcribe(audio, AGENT_SAMPLE_RATE_HZ)
+    assert share_of_words_heard(answer, heard) >= 0.8, heard
+    assert heard.lower().count("outage") == 1 and heard.lower().count("engineer") == 1, heard
