@@ -227,10 +227,17 @@ def run_livekit(command: str, rest: list[str], settings: Settings) -> int:
 
     from livekit.agents import cli
 
+    from agent.health import start_health_server
     from agent.logs import mask_livekit_logging
     from agent.worker import build_server, start_sidecar_link
 
     sys.argv = ["agent.py", command, *rest]
+    stop_health = None
+    if command != "console":
+        try:
+            stop_health = start_health_server(settings)
+        except OSError as exc:
+            raise StartupError(f"{exc} (HEALTH_PORT: choose a free port)") from None
     stop_sidecar_link = start_sidecar_link(settings)
     try:
         with mask_livekit_logging(settings.log_format):
@@ -238,8 +245,9 @@ def run_livekit(command: str, rest: list[str], settings: Settings) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
-        if stop_sidecar_link is not None:
-            stop_sidecar_link.set()
+        for stop in (stop_sidecar_link, stop_health):
+            if stop is not None:
+                stop.set()
     return 0
 
 

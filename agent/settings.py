@@ -118,6 +118,13 @@ class Settings(BaseSettings):
     """Where ``start``/``dev`` serve the worker's Prometheus metrics (``/metrics``); unset:
     not served. Job processes' metrics are gathered under ``data_dir``/``metrics``."""
 
+    health_port: int | None = Field(default=None, ge=1, le=65535)
+    """Where ``start``/``dev`` serve the worker's ``/health`` (``agent/health.py``); unset:
+    not served."""
+    worker_http_port: int = Field(default=8081, ge=1, le=65535)
+    """livekit's own worker endpoint (``/``: registered with the server, ``/worker``); the
+    health check reads it."""
+
     data_dir: Path = Path("data")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] | None = None

@@ -168,6 +168,7 @@ def build_server(settings: Settings) -> AgentServer:
         setup_fnc=prewarm,
         load_fnc=load,
         load_threshold=1.0,
+        port=settings.worker_http_port,
         # livekit's /metrics: every job process's metrics (prometheus-client's
         # multiprocess mode, files under the data directory)
         prometheus_port=settings.metrics_port,

@@ -113,16 +113,18 @@ def not_livekit() -> Iterator[int]:
 
 
 @pytest.mark.slow
-def test_the_worker_serves_metrics_on_its_port_while_it_looks_for_livekit(
+def test_the_worker_serves_metrics_and_health_on_its_ports_while_it_looks_for_livekit(
     tmp_path: Path, not_livekit: int
 ):
-    port = free_port()
+    port, health_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}
     env |= {
         "LIVEKIT_URL": f"ws://127.0.0.1:{not_livekit}",
         "LIVEKIT_API_KEY": "devkey",
         "LIVEKIT_API_SECRET": "secret-secret-secret-secret-secret",
         "METRICS_PORT": str(port),
+        "HEALTH_PORT": str(health_port),
+        "WORKER_HTTP_PORT": str(free_port()),
         "DATA_DIR": str(tmp_path),
     }
     proc = subprocess.Popen(
@@ -150,6 +152,11 @@ def test_the_worker_serves_metrics_on_its_port_while_it_looks_for_livekit(
         assert body is not None, "no /metrics within 60 s"
         assert "voice_agent_calls_active 0.0" in body, body[:2000]
         assert (tmp_path / "metrics").is_dir()
+        health = httpx.get(f"http://127.0.0.1:{health_port}/health", timeout=10)
+        report = health.json()
+        # livekit's endpoint says OK while the worker retries; no sidecar is configured
+        assert health.status_code == 200 and report["status"] == "healthy", report
+        assert report["checks"]["models"]["status"] == "healthy"
     finally:
         proc.terminate()
         try:
