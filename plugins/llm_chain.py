@@ -119,13 +119,16 @@ _WORD = re.compile(r"[\w']+")
 class ContinuationFilter:
     """Passes a continuation's text on, except a restart of what was already ``said``:
     while the continuation's words repeat ``said``'s from its first word, they are held
-    back; once they cover all of it, what follows is passed on (from the start of a word
-    that ``said`` had cut in the middle: that word is said whole); once they differ, all
-    of the held text is passed on (a continuation, or a rephrased answer)."""
+    back; once they cover all of it, what follows is passed on (the rest of a word that
+    ``said`` had cut in the middle); once they differ, all of the held text is passed on
+    (a continuation, or a rephrased answer)."""
 
     def __init__(self, said: str) -> None:
-        self._said = [w.lower() for w in _WORD.findall(said)]
-        self._said_cut = bool(said) and (said[-1].isalnum() or said[-1] == "'")
+        words = list(_WORD.finditer(said))
+        self._said = [w.group().lower() for w in words]
+        self._said_cut = bool(words) and words[-1].end() == len(said)
+        self._tail = said[words[-1].end() :] if words else ""
+        """What ``said`` has after its last word (", " or " "): not repeated either."""
         self._held = ""
         self._open = not self._said
 
@@ -133,24 +136,46 @@ class ContinuationFilter:
         if self._open:
             return text
         self._held += text
+        return self._decide(ended=False)
+
+    def finish(self) -> str:
+        """The continuation has ended: what is still held and new (its last word was held
+        back in case it went on)."""
+        return "" if self._open else self._decide(ended=True)
+
+    def _decide(self, *, ended: bool) -> str:
         matches = list(_WORD.finditer(self._held))
-        complete = matches if not self._held[-1:].isalnum() else matches[:-1]
+        in_word = bool(matches) and matches[-1].end() == len(self._held)
+        complete = matches[:-1] if in_word and not ended else matches
         for i, match in enumerate(complete[: len(self._said)]):
             word, want = match.group().lower(), self._said[i]
             last = i == len(self._said) - 1
             if word != want and not (last and self._said_cut and word.startswith(want)):
                 return self._release(0)
             if last:
-                # all of ``said`` repeated: pass on what follows it, from this word again
-                # if ``said`` stopped inside it
-                cut = match.start() if self._said_cut and word != want else match.end()
-                return self._release(cut)
+                # all of ``said`` repeated: pass on what follows it (the rest of the word
+                # ``said`` stopped inside: the voice has not spoken a half sentence yet,
+                # the text is joined before it is)
+                if word != want:
+                    return self._release(match.start() + len(want))
+                after = self._held[match.end() :]
+                shared = _common_prefix(after, self._tail)
+                if shared == len(after) < len(self._tail) and not ended:
+                    return ""  # so far it repeats what followed the word too: wait
+                return self._release(match.end() + shared)
         return ""
 
     def _release(self, start: int) -> str:
         self._open = True
         out, self._held = self._held[start:], ""
         return out
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 class LLMChainStream(FallbackLLMStream):
@@ -222,6 +247,14 @@ class LLMChainStream(FallbackLLMStream):
                 try:
                     chunk = await anext(chunks)
                 except StopAsyncIteration:
+                    if rest := unrepeated.finish():
+                        self._said += rest
+                        self._event_ch.send_nowait(
+                            llm.ChatChunk(
+                                id=chunk.id,
+                                delta=llm.ChoiceDelta(role="assistant", content=rest),
+                            )
+                        )
                     break
             if not self._tier_spoke:
                 raise TierSilent("empty_reply")

@@ -154,7 +154,9 @@ class STTChainStream(FallbackRecognizeStream):
                 for index, tier in enumerate(chain._stt_instances):
                     breaker = chain.breakers[index]
                     if breaker is not None and not breaker.allow():
-                        if not retrying:  # a retry does not report the breaker again
+                        if retrying:  # another call holds the probe: back off, quietly
+                            self._schedule_retry()
+                        else:
                             chain.record_fallback(index, "breaker_open")
                         continue
                     try:
@@ -167,9 +169,7 @@ class STTChainStream(FallbackRecognizeStream):
                             breaker.record_failure(retry_after_s=retry_after_s)
                         chain.record_fallback(index, reason)
                         if reason in QUICK_FAILURES:
-                            step = RETRY_BACKOFF_S[min(self._retries, len(RETRY_BACKOFF_S) - 1)]
-                            self._retries += 1
-                            self._retry_at = time.monotonic() + step
+                            self._schedule_retry()
                         else:  # a retry could keep the caller waiting another budget
                             self._retry_at = None
                         continue
@@ -179,6 +179,11 @@ class STTChainStream(FallbackRecognizeStream):
         finally:
             self._current = None
             await aio.cancel_and_wait(forward)
+
+    def _schedule_retry(self) -> None:
+        step = RETRY_BACKOFF_S[min(self._retries, len(RETRY_BACKOFF_S) - 1)]
+        self._retries += 1
+        self._retry_at = time.monotonic() + step
 
     def _retry_due(self, index: int) -> bool:
         """Is a better tier than ``index`` due for another try, its breaker permitting?"""

@@ -420,7 +420,7 @@ async def test_a_reply_cut_off_half_way_and_restarted_by_the_next_tier_is_not_re
         ("Yes, there is", " an outage.", " an outage."),  # a true continuation
         ("Yes, there is", "Yes, there is an outage.", " an outage."),  # a restart
         ("Yes, there is an out", "age today.", "age today."),  # the cut word finished
-        ("Yes, there is an out", "Yes, there is an outage today.", "outage today."),
+        ("Yes, there is an out", "Yes, there is an outage today.", "age today."),
         ("Yes, there is", "Yes, we know of one.", "Yes, we know of one."),  # a rephrase
         ("", "Hello.", "Hello."),
     ],
@@ -428,7 +428,32 @@ async def test_a_reply_cut_off_half_way_and_restarted_by_the_next_tier_is_not_re
 def test_the_continuation_filter_cuts_restarts_only(said: str, continuation: str, heard: str):
     for pieces in ([continuation], [c for c in continuation]):  # whole, and char by char
         unrepeated = ContinuationFilter(said)
-        assert "".join(unrepeated.feed(p) for p in pieces) == heard
+        assert "".join(unrepeated.feed(p) for p in pieces) + unrepeated.finish() == heard
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.from_regex(r"[A-Za-z']{1,8}", fullmatch=True), st.sampled_from(["", ",", "."])
+        ),
+        min_size=2,
+        max_size=12,
+    ).map(lambda ws: " ".join(w + p for w, p in ws)),
+    st.data(),
+)
+def test_a_reply_cut_anywhere_and_restarted_reads_as_one(full: str, data: st.DataObject):
+    """Whatever character the first tier stopped at (inside a word, after a comma, on a
+    space), the restart's remainder joins it into the whole reply."""
+    cut = data.draw(st.integers(min_value=1, max_value=len(full) - 1))
+    chunk = data.draw(st.integers(min_value=1, max_value=10))
+    said = full[:cut]
+    if not said.strip() or not any(c.isalnum() for c in said):
+        return
+    unrepeated = ContinuationFilter(said)
+    out = "".join(unrepeated.feed(full[i : i + chunk]) for i in range(0, len(full), chunk))
+    out += unrepeated.finish()
+    assert (said + out).split() == full.split(), (said, out)
 
 
 @settings(max_examples=200, deadline=None)
@@ -444,7 +469,7 @@ def test_a_restarted_reply_comes_out_once_whatever_its_chunks(
     restart = said + " ".join(rest_words) + "."
     unrepeated = ContinuationFilter(said)
     out = "".join(unrepeated.feed(restart[i : i + chunk]) for i in range(0, len(restart), chunk))
-    assert (said + out).split() == restart.split()
+    assert (said + out + unrepeated.finish()).split() == restart.split()
 
 
 @pytest.mark.slow
