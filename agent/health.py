@@ -24,7 +24,6 @@ import asyncio
 import importlib.util
 import logging
 import threading
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -166,10 +165,7 @@ def start_health_server(settings: Settings) -> threading.Event | None:
         await asyncio.to_thread(stop.wait)
         await runner.cleanup()
 
-    def run(work: Awaitable[None]) -> None:
-        asyncio.run(work)  # type: ignore[arg-type]
-
-    threading.Thread(target=run, args=(serve(),), name="health", daemon=True).start()
+    threading.Thread(target=lambda: asyncio.run(serve()), name="health", daemon=True).start()
     ready.wait(TIMEOUT_S * 5)
     if failure:
         raise OSError(f"cannot serve /health on port {settings.health_port}: {failure[0]}")
