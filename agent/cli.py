@@ -234,6 +234,10 @@ def run_livekit(command: str, rest: list[str], settings: Settings) -> int:
     sys.argv = ["agent.py", command, *rest]
     stop_health = None
     if command != "console":
+        # livekit logs a busy port and exits 0: say it in one line, and fail
+        check_port_free(settings.worker_http_port, "WORKER_HTTP_PORT")
+        if settings.metrics_port is not None:
+            check_port_free(settings.metrics_port, "METRICS_PORT")
         try:
             stop_health = start_health_server(settings)
         except OSError as exc:
@@ -249,6 +253,19 @@ def run_livekit(command: str, rest: list[str], settings: Settings) -> int:
             if stop is not None:
                 stop.set()
     return 0
+
+
+def check_port_free(port: int, setting: str) -> None:
+    """Raises StartupError when nothing may listen on ``port`` (the worker's own ports)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on port {port} ({exc.strerror or exc}): {setting} is taken; "
+                "choose a free port"
+            ) from None
 
 
 def check_livekit_server(settings: Settings, command: str) -> None:

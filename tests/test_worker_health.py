@@ -113,7 +113,9 @@ def test_a_malformed_health_port_is_one_clear_line(value: str):
     assert "HEALTH_PORT" in one_error_line(proc)
 
 
-def test_a_health_port_in_use_is_one_clear_line(tmp_path: Path):
+@pytest.mark.parametrize("setting", ["HEALTH_PORT", "METRICS_PORT", "WORKER_HTTP_PORT"])
+def test_a_worker_port_in_use_is_one_clear_line(tmp_path: Path, setting: str):
+    """(livekit itself logs a busy port and exits 0.)"""
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
         taken.listen()
@@ -124,7 +126,7 @@ def test_a_health_port_in_use_is_one_clear_line(tmp_path: Path):
             proc = run_cli(
                 "start",
                 env={
-                    "HEALTH_PORT": str(port),
+                    setting: str(port),
                     "LIVEKIT_URL": f"ws://127.0.0.1:{livekit.getsockname()[1]}",
                     "LIVEKIT_API_KEY": "devkey",
                     "LIVEKIT_API_SECRET": "secret-secret-secret-secret-secret",
@@ -133,4 +135,4 @@ def test_a_health_port_in_use_is_one_clear_line(tmp_path: Path):
             )
     assert proc.returncode != 0
     line = one_error_line(proc)
-    assert "HEALTH_PORT" in line and str(port) in line
+    assert setting in line and str(port) in line
