@@ -31,6 +31,8 @@ from agent.settings import Settings
 from billing.agent_profile import AgentProfile
 
 if TYPE_CHECKING:
+    import openai as openai_sdk
+
     from plugins.circuit_breaker import CircuitBreaker
     from plugins.phrasebook import PhrasebookTTS
     from plugins.stt_chain import STTChain
@@ -133,20 +135,28 @@ def build_llm(settings: Settings, profile: AgentProfile) -> llm.LLM:
 
 
 def _openai_llm(settings: Settings) -> tuple[llm.LLM, CircuitBreaker]:
-    import openai as openai_sdk
     from livekit.plugins import openai
 
     from plugins.circuit_breaker import breaker_for
-    from plugins.fallback import provider_http_client
 
     breaker = breaker_for("llm/openai", settings.openai_base_url)
-    client = openai_sdk.AsyncClient(
+    tier = openai.LLM(model=settings.openai_model, client=_openai_client(settings, breaker))
+    return tier, breaker
+
+
+def _openai_client(settings: Settings, breaker: CircuitBreaker) -> openai_sdk.AsyncClient:
+    """The OpenAI SDK client a tier uses: no SDK retries (the chain is the retry), and our
+    HTTP client, which hands a 429's ``Retry-After`` to the tier's breaker."""
+    import openai as openai_sdk
+
+    from plugins.fallback import provider_http_client
+
+    return openai_sdk.AsyncClient(
         api_key=settings.openai_api_key.get_secret_value(),
         base_url=settings.openai_base_url,
         max_retries=0,
         http_client=provider_http_client(breaker),
     )
-    return openai.LLM(model=settings.openai_model, client=client), breaker
 
 
 def _anthropic_llm(settings: Settings) -> tuple[llm.LLM, CircuitBreaker]:
@@ -173,7 +183,6 @@ def build_tts(settings: Settings, profile: AgentProfile, *, lines: Sequence[str]
     ElevenLabs, then OpenAI; each behind its process-wide circuit breaker), the local voice,
     then the profile's fixed lines (and ``lines``) pre-rendered by the local voice."""
     from plugins.circuit_breaker import breaker_for
-    from plugins.fallback import provider_http_client
     from plugins.local_tts import PiperTTS
     from plugins.phrasebook import PhrasebookTTS
     from plugins.tts_chain import TTSChain
@@ -200,20 +209,13 @@ def build_tts(settings: Settings, profile: AgentProfile, *, lines: Sequence[str]
             )
             tiers.append((voice, breaker_for("tts/elevenlabs", settings.elevenlabs_base_url)))
         else:
-            import openai as openai_sdk
             from livekit.plugins import openai
 
             breaker = breaker_for("tts/openai", settings.openai_base_url)
-            client = openai_sdk.AsyncClient(
-                api_key=settings.openai_api_key.get_secret_value(),
-                base_url=settings.openai_base_url,
-                max_retries=0,
-                http_client=provider_http_client(breaker),
-            )
             voice = openai.TTS(
                 model=settings.openai_tts_model,
                 voice=settings.openai_tts_voice,
-                client=client,
+                client=_openai_client(settings, breaker),
                 response_format="pcm",
             )
             tiers.append((voice, breaker))

@@ -118,6 +118,27 @@ def shown(seconds: float) -> str:
     return "never" if seconds >= STOCK_CAP_S else f"{seconds:.3f}"
 
 
+def fault_rows(
+    rows: list[tuple[str, list[float], list[float]]],
+) -> tuple[list[str], float, float, list[str]]:
+    """The table rows for (fault, ours, stock) timings, the worst P95 of ours and of
+    stock (among the faults stock survived), and the faults stock never answered."""
+    lines: list[str] = []
+    worst_ours = worst_stock = 0.0
+    silent: list[str] = []
+    for name, ours_s, stock_s in rows:
+        o50, o95, s50, s95 = pct(ours_s, 50), pct(ours_s, 95), pct(stock_s, 50), pct(stock_s, 95)
+        worst_ours = max(worst_ours, o95)
+        if s95 >= STOCK_CAP_S:
+            silent.append(name)
+            stock_cells, ratio = f"{shown(s50)} | {shown(s95)}", "-"
+        else:
+            worst_stock = max(worst_stock, s95)
+            stock_cells, ratio = f"{s50:.3f} | {s95:.3f}", f"{s95 / o95:.1f}"
+        lines.append(f"| {name} | {o50:.3f} | {o95:.3f} | {stock_cells} | {ratio} |")
+    return lines, worst_ours, worst_stock, silent
+
+
 def set_fault(server: Any, fault: dict[str, Any]) -> None:
     """The server's options as new, with ``fault`` (the server keeps its options object)."""
     fresh = type(server.options)(**fault)
@@ -155,18 +176,8 @@ async def run_llm(turns: int) -> tuple[str, str]:
         "| fault | ours P50 s | ours P95 s | stock P50 s | stock P95 s | stock / ours (P95) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    worst_ours = worst_stock = 0.0
-    silent: list[str] = []
-    for name, ours_s, stock_s in rows:
-        o50, o95, s50, s95 = pct(ours_s, 50), pct(ours_s, 95), pct(stock_s, 50), pct(stock_s, 95)
-        worst_ours = max(worst_ours, o95)
-        if s95 >= STOCK_CAP_S:
-            silent.append(name)
-            stock_cells, ratio = f"{shown(s50)} | {shown(s95)}", "-"
-        else:
-            worst_stock = max(worst_stock, s95)
-            stock_cells, ratio = f"{s50:.3f} | {s95:.3f}", f"{s95 / o95:.1f}"
-        lines.append(f"| {name} | {o50:.3f} | {o95:.3f} | {stock_cells} | {ratio} |")
+    table, worst_ours, worst_stock, silent = fault_rows(rows)
+    lines += table
     lines += [
         "",
         f"Breaker open: {turns} turns, P50 {pct(open_s, 50) * 1000:.1f} ms, P95 "
@@ -252,18 +263,8 @@ async def run_tts(turns: int) -> tuple[str, str]:
         "| fault | ours P50 s | ours P95 s | stock P50 s | stock P95 s | stock / ours (P95) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    worst_ours = worst_stock = 0.0
-    silent: list[str] = []
-    for name, ours_s, stock_s in rows:
-        o50, o95, s50, s95 = pct(ours_s, 50), pct(ours_s, 95), pct(stock_s, 50), pct(stock_s, 95)
-        worst_ours = max(worst_ours, o95)
-        if s95 >= STOCK_CAP_S:
-            silent.append(name)
-            stock_cells, ratio = f"{shown(s50)} | {shown(s95)}", "-"
-        else:
-            worst_stock = max(worst_stock, s95)
-            stock_cells, ratio = f"{s50:.3f} | {s95:.3f}", f"{s95 / o95:.1f}"
-        lines.append(f"| {name} | {o50:.3f} | {o95:.3f} | {stock_cells} | {ratio} |")
+    table, worst_ours, worst_stock, silent = fault_rows(rows)
+    lines += table
     lines += [
         "",
         f"Breaker open: {turns} sentences, P50 {pct(open_s, 50) * 1000:.1f} ms, P95 "
@@ -371,18 +372,8 @@ async def run_stt(turns: int) -> tuple[str, str]:
         "| fault | ours P50 s | ours P95 s | stock P50 s | stock P95 s | stock / ours (P95) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    worst_ours = worst_stock = 0.0
-    silent: list[str] = []
-    for name, ours_s, stock_s in rows:
-        o50, o95, s50, s95 = pct(ours_s, 50), pct(ours_s, 95), pct(stock_s, 50), pct(stock_s, 95)
-        worst_ours = max(worst_ours, o95)
-        if s95 >= STOCK_CAP_S:
-            silent.append(name)
-            stock_cells, ratio = f"{shown(s50)} | {shown(s95)}", "-"
-        else:
-            worst_stock = max(worst_stock, s95)
-            stock_cells, ratio = f"{s50:.3f} | {s95:.3f}", f"{s95 / o95:.1f}"
-        lines.append(f"| {name} | {o50:.3f} | {o95:.3f} | {stock_cells} | {ratio} |")
+    table, worst_ours, worst_stock, silent = fault_rows(rows)
+    lines += table
     headline = f"STT final ours {worst_ours:.2f} s vs stock {worst_stock:.2f} s" + (
         f" and never on: {', '.join(silent)}" if silent else ""
     )
