@@ -10,10 +10,11 @@ become a running session. The worker's job (a room, console included) and ``simu
                        canceller (agent.echo) + keypad (agent.dtmf)
                        + meter (usage -> outbox) + lease keeper (heartbeats)
         -> ... the conversation ...
-        -> Call.aclose, on every exit (hang-up, end_call, error, shutdown), in this order:
-           stop speaking and close the session, keep the conversation (unless the agent
-           said goodbye), final usage -> outbox (with the call's end), release the
-           lease, close the models and the sidecar client.
+        -> Call.aclose, on every exit (hang-up, end_call, transfer, error, shutdown), in
+           this order: stop speaking and close the session, keep the conversation (unless
+           the agent said goodbye or handed the caller over), final usage -> outbox (with
+           the call's end), release the lease, close the models and the sidecar client,
+           hang up a phone caller (agent.telephony) unless they were transferred.
 
 A refused call is still a call: the caller hears why (uninterruptible) and it ends.
 """
@@ -25,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 from livekit import rtc
 from livekit.agents import Agent, AgentSession, llm, vad
@@ -42,9 +43,11 @@ from agent.logs import call_id_var, mask_phone
 from agent.metering import CallMeter
 from agent.outbox import Outbox
 from agent.pipeline import build_session, build_tts, phrasebook, stage_settings
+from agent.profile import REPEAT_LINE
 from agent.settings import Settings
 from agent.sidecar_client import SidecarClient
-from agent.tools import ProfileAgent
+from agent.telephony import PhoneLine
+from agent.tools import CallTools, ProfileAgent
 from billing.agent_profile import AgentProfile
 from billing.pricing import CallFacts
 from plugins.confidence_gate import ConfidenceGate
@@ -70,6 +73,9 @@ class Call:
         vad_model: vad.VAD,
         sidecar: SidecarClient | None = None,
         caller_number: str | None = None,
+        sip_call_id: str | None = None,
+        direction: Literal["inbound", "outbound"] | None = None,
+        line: PhoneLine | None = None,
         on_ended: Callable[[str], None] | None = None,
     ) -> None:
         self.identity = identity
@@ -79,9 +85,14 @@ class Call:
         self._vad = vad_model
         self._sidecar = sidecar
         self.caller_number_masked = mask_phone(caller_number) if caller_number else None
+        self.sip_call_id = sip_call_id
+        self.direction = direction
+        """A phone call's (the call row's); None for a browser or simulated call."""
         self._conversation_key = conversation_key(
             str(decision.agent_id or profile.name), caller_number
         )
+        self.line = line
+        """A phone caller's line (transfer, keys out, hang-up); None for anyone else."""
         self._on_ended = on_ended
         """Told the final status once the call has ended (the worker shuts its job down)."""
         self.started_at = time.time()
@@ -99,7 +110,7 @@ class Call:
         self._phrases_task: asyncio.Task[None] | None = None
         self.interruptions: InterruptionPolicy | None = None
         self.keypad: DtmfCollector | None = None
-        self._room: rtc.Room | None = None
+        self._keypad_source: rtc.EventEmitter[Any] | None = None
         self.status: str | None = None
         self._counted = False
         """Counted in the calls-active gauge (a refused call never is)."""
@@ -110,12 +121,19 @@ class Call:
     def call_id(self) -> str:
         return self.identity.call_id
 
+    @property
+    def transferred(self) -> bool:
+        """The caller was handed to a person: their leg lives on without us."""
+        return isinstance(self.agent, ProfileAgent) and self.agent.call_tools.transferred
+
     def facts(self) -> CallFacts:
         """What the billing events say of this call (its row in the sidecar's ``calls``)."""
         return CallFacts(
             started_at=self.started_at,
             caller_number_masked=self.caller_number_masked,
             dialled_number=self.identity.dialled_number,
+            sip_call_id=self.sip_call_id,
+            direction=self.direction,
         )
 
     async def start(
@@ -126,10 +144,12 @@ class Call:
         audio_output: AudioOutput | None = None,
         greet: bool = True,
         observe: Callable[[AgentSession], None] | None = None,
+        keypad: rtc.EventEmitter[Any] | None = None,
     ) -> None:
         """Build and start the session: in ``room``, or on the given audio (``simulate``).
-        ``observe`` is given the session before it starts (to listen to its events). A
-        refused call says why and ends here."""
+        ``observe`` is given the session before it starts (to listen to its events).
+        ``keypad``: where the caller's keys come from (``sip_dtmf_received``), ``room``
+        unless given. A refused call says why and ends here."""
         call_id_var.set(self.call_id)
         if self.decision.refused:
             await self._refuse(room, audio_input, audio_output, observe)
@@ -142,11 +162,12 @@ class Call:
             misses_before_keypad=self._settings.stt_misses_before_keypad,
         )
         self.keypad = DtmfCollector(self._keypad_entry, timeout_s=self._settings.dtmf_timeout_s)
-        if room is not None:
-            room.on("sip_dtmf_received", self._on_dtmf)
-            self._room = room
+        self._keypad_source = keypad or room
+        if self._keypad_source is not None:
+            self._keypad_source.on("sip_dtmf_received", self._on_dtmf)
         self.agent = ProfileAgent(
             self.profile,
+            tools=CallTools(self.profile, line=self.line),
             greet=greet,
             interruptions=self.interruptions,
             gate=gate,
@@ -167,6 +188,8 @@ class Call:
                 "agent_id": self.decision.agent_id,
                 "admission": self.decision.status,
                 "caller": self.caller_number_masked,
+                "sip_call_id": self.sip_call_id,
+                "direction": self.direction,
                 "dialled_number": mask_phone(self.identity.dialled_number or ""),
             },
         )
@@ -187,8 +210,8 @@ class Call:
             self.interruptions.close()
         if self.keypad is not None:
             self.keypad.close()
-        if self._room is not None:
-            self._room.off("sip_dtmf_received", self._on_dtmf)
+        if self._keypad_source is not None:
+            self._keypad_source.off("sip_dtmf_received", self._on_dtmf)
         # every step runs whatever the one before did: a failed session close must not
         # lose the call's usage, nor a failed flush keep the lease
         if session is not None:
@@ -208,6 +231,10 @@ class Call:
                     await _step(f"closing {model.label}", model.aclose())
         if self._sidecar is not None:
             await _step("closing the sidecar client", self._sidecar.aclose())
+        if self.line is not None and not self.transferred:
+            # the agent ended the call, or it failed: the phone caller is hung up (after
+            # the caller hung up this only deletes the empty room)
+            await _step("hanging up the phone line", self.line.hang_up())
         duration_s = time.time() - self.started_at
         call_metrics.call_ended(status, duration_s, was_active=self._counted)
         log.info("call ended", extra={"status": status, "duration_s": round(duration_s, 3)})
@@ -276,8 +303,8 @@ class Call:
         agent = self.agent
         if self._conversation_key is None or not isinstance(agent, ProfileAgent):
             return
-        if agent.call_tools.ended_by_agent:
-            return  # the agent said goodbye: the conversation is over
+        if agent.call_tools.ended_by_agent or agent.call_tools.transferred:
+            return  # the agent said goodbye, or a person took over: the conversation is over
         items = session.history.to_dict(exclude_metrics=True)["items"]
         if not any(item.get("role") == "user" for item in items):
             return  # nothing said: nothing to pick up
@@ -301,13 +328,28 @@ class Call:
         self.press(ev.digit)
 
     def _keypad_entry(self, digits: str) -> None:
-        """A whole keypad entry is the caller's turn."""
-        session = self.session
-        if session is None:
+        """A whole keypad entry is the caller's turn; a key the profile maps to an action
+        (``telephony.keys``), pressed alone, is that action."""
+        session, agent = self.session, self.agent
+        if session is None or not isinstance(agent, ProfileAgent):
             return
-        log.info("keypad entry", extra={"digits": len(digits)})  # the digits may be private
+        action = self.profile.telephony.keys.get(digits)
+        # the digits may be private: the count and the mapped action only
+        log.info("keypad entry", extra={"digits": len(digits), "action": action})
         session.interrupt()
-        session.generate_reply(user_input=digits)
+        if action is None:
+            session.generate_reply(user_input=digits)
+            return
+        tools = agent.call_tools
+        if action == "transfer_to_human":
+            handle = session.say(tools.hand_over(session, "pressed a key for a person"))
+            if tools.transferring:
+                handle.add_done_callback(lambda _: tools.transfer_now(session))
+        elif action == "end_call":
+            tools.ended_by_agent = True
+            session.say(self.profile.goodbye).add_done_callback(lambda _: session.shutdown())
+        else:  # repeat
+            session.say(agent.last_line() or REPEAT_LINE)
 
     async def _prepare_phrases(self) -> None:
         """Render the last TTS tier's fixed lines once the greeting has been heard (the

@@ -47,6 +47,13 @@ INTERRUPTIONS = Counter(
     ["kind"],
 )
 
+TRANSFERS = Counter(
+    "voice_agent_transfers_total",
+    "Callers asking for a person, by outcome: transferred, callback (no transfer number "
+    "or no phone line: a ticket), rejected (the far end refused), failed, breaker_open.",
+    ["outcome"],
+)
+
 _CALLER_STAGES = {"end_of_utterance": "end_of_turn_delay", "stt": "transcription_delay"}
 _AGENT_STAGES = {
     "llm_first_token": "llm_node_ttft",

@@ -24,6 +24,7 @@ from agent.profile import (
     REPEAT_LINE,
     RESUME_LINE,
     TROUBLE_REPLY,
+    TROUBLE_TRANSFER_REPLY,
     canned_policy,
     dialogue_policy,
 )
@@ -221,7 +222,10 @@ def build_tts(settings: Settings, profile: AgentProfile, *, lines: Sequence[str]
             tiers.append((voice, breaker))
     local = PiperTTS()
     tiers.append((local, None))
+    phone = profile.telephony
     fixed = (profile.greeting, profile.goodbye, REPEAT_LINE, KEYPAD_LINE, RESUME_LINE, *lines)
+    if phone.transfer_number:
+        fixed += (phone.transfer_line, phone.transfer_failed_line, TROUBLE_TRANSFER_REPLY)
     tiers.append((PhrasebookTTS(local, fixed, trouble_line=TROUBLE_REPLY), None))
     return TTSChain(tiers, first_audio_s=settings.tts_first_audio_s)
 

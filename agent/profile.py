@@ -49,6 +49,10 @@ KEYPAD_LINE = (
 RESUME_LINE = "Sorry, we got cut off. Let's pick up where we left off."
 TROUBLE_REPLY = "I'm sorry, I'm having trouble right now. Please call again in a few minutes."
 """The canned tier's one reply: true whatever failed (it promises no action)."""
+TROUBLE_TRANSFER_REPLY = (
+    "I'm sorry, I'm having trouble right now. Say 'a person' and I'll connect you to someone."
+)
+"""The canned tier's reply when the profile transfers calls: it can still do that."""
 
 
 class ProfileError(Exception):
@@ -171,11 +175,27 @@ def dialogue_policy(profile: AgentProfile) -> DialoguePolicy:
 
 
 def canned_policy(profile: AgentProfile) -> DialoguePolicy:
-    """The LLM chain's last tier: no intents, no tools, one honest sentence."""
+    """The LLM chain's last tier: one honest sentence and, when the profile transfers
+    calls to a person (``telephony.transfer_number``), that one action."""
+    if not profile.telephony.transfer_number:
+        return DialoguePolicy(
+            intents=(),
+            greeting=profile.greeting,
+            fallback_reply=TROUBLE_REPLY,
+            tool_error_reply=TROUBLE_REPLY,
+        )
+    transfer = Intent(
+        name="transfer",
+        triggers=_TRANSFER_TRIGGERS,
+        tool="transfer_to_human",
+        slots=(),
+        reply=None,
+        fixed_arguments={"reason": "{utterance}"},
+    )
     return DialoguePolicy(
-        intents=(),
+        intents=(transfer,),
         greeting=profile.greeting,
-        fallback_reply=TROUBLE_REPLY,
+        fallback_reply=TROUBLE_TRANSFER_REPLY,
         tool_error_reply=TROUBLE_REPLY,
     )
 

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     # empty: LiveKit dispatches every new room to this worker; set it for explicit dispatch
     agent_name: str = ""
     max_concurrent_calls: int = Field(default=10, ge=1)
+    sip_outbound_trunk_id: str = ""
+    """The trunk ``python agent.py call`` and a warm transfer dial out through
+    (``provision-sip`` creates it and prints its id)."""
 
     # providers: "auto" picks the cloud provider when its key is set, else the local one
     stt_provider: Literal["auto", "local", "deepgram"] = "auto"

@@ -9,16 +9,19 @@ the embedded dialogue engine calls them by name from the profile's dialogue sect
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterable
 
 from livekit import rtc
-from livekit.agents import Agent, ModelSettings, RunContext, function_tool, llm, stt
+from livekit.agents import Agent, AgentSession, ModelSettings, RunContext, function_tool, llm, stt
 from livekit.agents.llm import FunctionTool, RawFunctionTool, find_function_tools
 
 from agent.interruption import InterruptionPolicy
+from agent.metrics import TRANSFERS
 from agent.profile import KEYPAD_LINE, REPEAT_LINE, RESUME_LINE
 from agent.support_desk import SupportDesk
+from agent.telephony import PhoneLine, SipUnavailable
 from billing.agent_profile import AgentProfile
 from plugins.confidence_gate import ConfidenceGate
 
@@ -26,13 +29,26 @@ log = logging.getLogger("agent.tools")
 
 
 class CallTools:
-    """One call's tools. The support desk's answer from its (demo) back office."""
+    """One call's tools. The support desk's answer from its (demo) back office; ``line``,
+    a phone caller's (``agent.telephony``): transfers and keys to the far end."""
 
-    def __init__(self, profile: AgentProfile, desk: SupportDesk | None = None) -> None:
+    def __init__(
+        self,
+        profile: AgentProfile,
+        desk: SupportDesk | None = None,
+        *,
+        line: PhoneLine | None = None,
+    ) -> None:
         self._profile = profile
         self.desk = desk or SupportDesk()
+        self.line = line
         self.ended_by_agent = False
         """The agent hung up after its goodbye (``end_call``)."""
+        self.transferred = False
+        """The caller was handed to a person (their leg left the call)."""
+        self._transfer_reason: str | None = None
+        """Why the caller asked for a person, while a transfer is armed or running."""
+        self._transfer_task: asyncio.Task[None] | None = None
 
     def granted(self) -> list[FunctionTool | RawFunctionTool]:
         """The tools ``profile.tools`` names, bound to this call."""
@@ -82,9 +98,11 @@ class CallTools:
         Args:
             reason: Why the caller wants a person, in their words.
         """
-        # No live transfer target yet (SIP transfer is its own issue): a person calls back.
-        log.info("transfer requested", extra={"reason": reason})
-        return self.desk.request_callback(reason)
+        line = self.hand_over(context.session, reason)
+        if self.transferring:
+            # the line is this turn's reply: transfer once the caller has heard it
+            context.speech_handle.add_done_callback(lambda _: self.transfer_now(context.session))
+        return line
 
     @function_tool
     async def end_call(self, context: RunContext) -> str:
@@ -95,6 +113,65 @@ class CallTools:
         self.ended_by_agent = True
         context.speech_handle.add_done_callback(lambda _: context.session.shutdown())
         return self._profile.goodbye
+
+    @function_tool
+    async def send_dtmf(self, context: RunContext, keys: str) -> str:
+        """Press keys on the phone keypad, for an automated menu at the other end of the
+        call (e.g. "press 2 for billing").
+
+        Args:
+            keys: The keys to press in order: digits, * and #.
+        """
+        if self.line is None:
+            return "This call has no phone keypad."
+        try:
+            await self.line.send_keys(keys)
+        except ValueError as exc:
+            return str(exc)
+        return f"Pressed {keys}."
+
+    # -- transfer ---------------------------------------------------------------------
+
+    @property
+    def transferring(self) -> bool:
+        return self._transfer_reason is not None
+
+    def hand_over(self, session: AgentSession, reason: str) -> str:
+        """The caller asked for a person: what to tell them. On a phone line with a
+        transfer number, the transfer is armed (:meth:`transfer_now` once the line has
+        been heard); otherwise a person calls back (a ticket)."""
+        number = self._profile.telephony.transfer_number
+        if self.line is None or number is None:
+            log.info("transfer requested; a person calls back", extra={"reason": reason})
+            TRANSFERS.labels("callback").inc()
+            return self.desk.request_callback(reason)
+        self._transfer_reason = reason
+        return self._profile.telephony.transfer_line
+
+    def transfer_now(self, session: AgentSession) -> None:
+        """Transfer the caller (armed by :meth:`hand_over`); once only."""
+        if self._transfer_task is None and self._transfer_reason is not None:
+            self._transfer_task = asyncio.ensure_future(self._transfer(session))
+
+    async def _transfer(self, session: AgentSession) -> None:
+        assert self.line is not None and self._profile.telephony.transfer_number is not None
+        reason = self._transfer_reason or ""
+        try:
+            await self.line.transfer(self._profile.telephony.transfer_number)
+        except SipUnavailable as exc:
+            log.error(
+                "transfer failed; a person calls back",
+                extra={"status": exc.status, "error": exc.detail},
+            )
+            TRANSFERS.labels(exc.status).inc()
+            self.desk.request_callback(reason)
+            self._transfer_reason = None
+            self._transfer_task = None
+            with contextlib.suppress(RuntimeError):  # the call is ending: nobody to tell
+                session.say(self._profile.telephony.transfer_failed_line)
+            return
+        TRANSFERS.labels("transferred").inc()
+        self.transferred = True
 
 
 class ProfileAgent(Agent):
@@ -160,15 +237,20 @@ class ProfileAgent(Agent):
         model = self.session.stt
         return getattr(model, "serving", "") or (model.provider if model else "")
 
-    def _resume_line(self) -> str:
-        """The resume line and the agent's last words again (often a question the caller
-        was about to answer; the dialogue engine reads its pending slot from them)."""
+    def last_line(self) -> str | None:
+        """What the agent said last (its newest message), if anything."""
         said = [
             item.text_content
             for item in self.chat_ctx.items
             if isinstance(item, llm.ChatMessage) and item.role == "assistant" and item.text_content
         ]
-        return f"{RESUME_LINE} {said[-1]}" if said else RESUME_LINE
+        return said[-1] if said else None
+
+    def _resume_line(self) -> str:
+        """The resume line and the agent's last words again (often a question the caller
+        was about to answer; the dialogue engine reads its pending slot from them)."""
+        last = self.last_line()
+        return f"{RESUME_LINE} {last}" if last else RESUME_LINE
 
     async def on_enter(self) -> None:
         if not self._greet:

@@ -7,12 +7,12 @@ and runs an ``agent.call.Call`` (the same object ``simulate`` runs without a roo
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
 import threading
 
-from livekit import rtc
 from livekit.agents import AgentServer, JobContext, JobProcess
 
 # livekit-agents registers a plugin when it is first imported, and only on the main thread;
@@ -24,19 +24,18 @@ from agent.admission import (
     make_request_handler,
 )
 from agent.call import Call
-from agent.logs import call_id_var, mask_phone
+from agent.logs import call_id_var
 from agent.outbox import Outbox, OutboxSender
 from agent.pipeline import build_tts, load_vad, phrasebook
 from agent.profile import ProfileStore, local_profile
 from agent.settings import Settings
 from agent.sidecar_client import SidecarClient, SidecarUnavailable, configured_sidecar
+from agent.telephony import PhoneLine, SipCaller, sip_breaker
 from plugins.local_stt import WhisperSTT
 
 log = logging.getLogger("agent.worker")
 
 WORKER_HEARTBEAT_INTERVAL_S = 15.0
-SIP_CALLER_ATTR = "sip.phoneNumber"
-SIP_TRUNK_NUMBER_ATTR = "sip.trunkPhoneNumber"
 
 
 def prewarm(proc: JobProcess) -> None:
@@ -64,26 +63,40 @@ async def entrypoint(ctx: JobContext) -> None:
     ctx.log_context_fields = {**ctx.log_context_fields, "call_id": call_id}
 
     await ctx.connect()
+    caller: SipCaller | None = None
     if ctx.is_fake_job():  # the console: no dispatch, no admission, the local mic is the caller
-        decision, caller_number, dialled_number = AdmissionDecision(status="unmetered"), None, None
+        decision = AdmissionDecision(status="unmetered")
         # livekit's console cancels the speakers' echo itself
         settings = settings.model_copy(update={"echo_cancellation": False})
     else:
         decision = AdmissionDecision.from_attributes(ctx.room.local_participant.attributes)
-        caller_number, dialled_number = sip_numbers(await ctx.wait_for_participant())
-    if dialled_number and not decision.dialled_number:
-        decision = decision.model_copy(update={"dialled_number": dialled_number})
+        caller = SipCaller.of(
+            await ctx.wait_for_participant(), outbound=is_outbound(ctx.job.metadata)
+        )
+    if caller is not None and caller.direction == "inbound" and not decision.dialled_number:
+        decision = decision.model_copy(update={"dialled_number": caller.trunk_number})
     sidecar = configured_sidecar(settings)
     profile = await ctx.proc.userdata["profiles"].for_call(decision.agent_id, sidecar)
+    line = (
+        PhoneLine(
+            ctx.api,
+            ctx.room.name,
+            caller.identity,
+            ctx.room.local_participant,
+            sip_breaker(settings),
+        )
+        if caller is not None
+        else None
+    )
 
     def on_ended(status: str) -> None:
-        # the call is over for everyone: a SIP caller is hung up only when the room goes
-        # (after a refusal or the agent's end_call; after a hang-up the room is empty)
+        # the call is over for everyone (the call hung up a phone caller's line itself)
         async def end_job() -> None:
-            try:
-                await ctx.delete_room()
-            except Exception as exc:
-                log.warning("could not delete the call's room", extra={"error": str(exc)})
+            if line is None:
+                try:
+                    await ctx.delete_room()
+                except Exception as exc:
+                    log.warning("could not delete the call's room", extra={"error": str(exc)})
             ctx.shutdown(reason=f"call {status}")
 
         asyncio.ensure_future(end_job())
@@ -95,7 +108,10 @@ async def entrypoint(ctx: JobContext) -> None:
         settings=settings,
         vad_model=ctx.proc.userdata["vad"],
         sidecar=sidecar,
-        caller_number=caller_number,
+        caller_number=caller.number if caller else None,
+        sip_call_id=caller.call_id if caller else None,
+        direction=caller.direction if caller else None,
+        line=line,
         on_ended=on_ended,
     )
 
@@ -106,18 +122,13 @@ async def entrypoint(ctx: JobContext) -> None:
     await call.start(room=ctx.room)
 
 
-def sip_numbers(participant: rtc.RemoteParticipant) -> tuple[str | None, str | None]:
-    """(caller number, dialled trunk number) of a SIP caller; (None, None) for anyone else.
-    Logged masked."""
-    if participant.kind != rtc.ParticipantKind.PARTICIPANT_KIND_SIP:
-        return None, None
-    caller = participant.attributes.get(SIP_CALLER_ATTR) or None
-    dialled = participant.attributes.get(SIP_TRUNK_NUMBER_ATTR) or None
-    log.info(
-        "sip caller joined",
-        extra={"caller": mask_phone(caller or ""), "trunk_number": mask_phone(dialled or "")},
-    )
-    return caller, dialled
+def is_outbound(metadata: str) -> bool:
+    """Whether the job was dispatched by ``python agent.py call`` (``agent.telephony``)."""
+    try:
+        value = json.loads(metadata or "{}")
+    except json.JSONDecodeError:
+        return False
+    return isinstance(value, dict) and value.get("direction") == "outbound"
 
 
 def start_sidecar_link(settings: Settings) -> threading.Event | None:

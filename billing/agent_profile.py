@@ -22,6 +22,7 @@ ToolName = Literal[
     "create_ticket",
     "transfer_to_human",
     "end_call",
+    "send_dtmf",
 ]
 TOOL_NAMES: tuple[str, ...] = get_args(ToolName)
 """Every function tool the worker offers (``agent.tools`` implements exactly these)."""
@@ -196,6 +197,35 @@ class Dialogue(_Strict):
     )
 
 
+KeyAction = Literal["transfer_to_human", "end_call", "repeat"]
+"""What a single key pressed alone (then ``#``, or a pause) does: hand the caller to a
+person, end the call, or say the agent's last line again."""
+_PHONE_TARGET = re.compile(r"^(\+[1-9][0-9]{6,14}|sips?:[^\s@]+@[^\s]+|tel:\+[1-9][0-9]{6,14})$")
+
+
+class Telephony(_Strict):
+    """What the agent does on a phone line (a SIP caller; ignored for browser users)."""
+
+    transfer_number: str | None = None
+    """Where ``transfer_to_human`` hands the caller: E.164 (``+15550100``) or a SIP URI.
+    None: a person calls the caller back (a ticket) instead."""
+    transfer_line: Text = "Connecting you to a person now. Please hold."
+    """Said before the transfer, so the caller knows what the ringing is."""
+    transfer_failed_line: Text = (
+        "Sorry, I could not reach a person just now. I've asked someone to call you back."
+    )
+    keys: dict[Annotated[str, Field(pattern=r"^[0-9]$")], KeyAction] = Field(default_factory=dict)
+    """Single keys that act at once, e.g. ``{"0": "transfer_to_human"}`` ("press 0 for a
+    person"). Any other entry is the caller's words (digits of an account number)."""
+
+    @field_validator("transfer_number")
+    @classmethod
+    def _phone_target(cls, value: str | None) -> str | None:
+        if value is not None and not _PHONE_TARGET.match(value):
+            raise ValueError("a transfer number is E.164 (+15550100) or a sip:/tel: URI")
+        return value
+
+
 class AgentProfile(_Strict):
     """One agent: everything the worker needs to answer a call as it."""
 
@@ -211,11 +241,14 @@ class AgentProfile(_Strict):
     dialogue: Dialogue | None = None
     """None: the embedded engine offers the fallback reply and, with ``transfer_to_human``,
     a person."""
+    telephony: Telephony = Telephony()
 
     @model_validator(mode="after")
     def _intents_use_granted_tools(self) -> AgentProfile:
         if len(set(self.tools)) != len(self.tools):
             raise ValueError("tools: each tool once")
+        if self.telephony.transfer_number and "transfer_to_human" not in self.tools:
+            raise ValueError("telephony.transfer_number needs the transfer_to_human tool")
         for intent in self.dialogue.intents if self.dialogue else []:
             if intent.tool is not None and intent.tool not in self.tools:
                 raise ValueError(

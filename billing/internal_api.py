@@ -91,6 +91,8 @@ class CallFactsIn(BaseModel):
     caller_number_masked: str | None = Field(default=None, pattern=_MASKED_OR_E164)
     """Masked by the worker (``+*******4567``); the sidecar never sees a caller's number."""
     dialled_number: str | None = Field(default=None, pattern=r"^\+?[0-9]{1,31}$")
+    sip_call_id: str | None = Field(default=None, min_length=1, max_length=64)
+    direction: Literal["inbound", "outbound"] | None = None
     ended_at: AwareDatetime | None = None
     status: Literal["ended", "failed"] | None = None
 
@@ -112,6 +114,8 @@ class CallFactsIn(BaseModel):
                 "started_at": at(facts.started_at),
                 "caller_number_masked": facts.caller_number_masked,
                 "dialled_number": facts.dialled_number,
+                "sip_call_id": facts.sip_call_id,
+                "direction": facts.direction,
                 "ended_at": at(facts.ended_at),
                 "status": facts.status,
             }
@@ -122,6 +126,8 @@ class CallFactsIn(BaseModel):
             started_at=self.started_at.timestamp(),
             caller_number_masked=self.caller_number_masked,
             dialled_number=self.dialled_number,
+            sip_call_id=self.sip_call_id,
+            direction=self.direction,
             ended_at=self.ended_at.timestamp() if self.ended_at else None,
             status=self.status,
         )

@@ -383,6 +383,8 @@ def _call_row(
             "started_at": datetime.now(UTC),
             "caller_number_masked": None,
             "dialled_number": None,
+            "sip_call_id": None,
+            "direction": None,
             "ended_at": None,
         }
     return {"id": call_id, "organisation_id": org_id, "agent_id": agent_id,
@@ -390,6 +392,7 @@ def _call_row(
             "started_at": datetime.fromtimestamp(facts.started_at, UTC),
             "caller_number_masked": facts.caller_number_masked,
             "dialled_number": facts.dialled_number,
+            "sip_call_id": facts.sip_call_id, "direction": facts.direction,
             "ended_at": _utc(facts.ended_at)}  # fmt: skip
 
 
@@ -418,6 +421,12 @@ def _record_call_ends(session: Session, facts: dict[str, CallFacts], calls: dict
             dialled_number=func.coalesce(
                 table.c.dialled_number, bindparam("dialled", type_=table.c.dialled_number.type)
             ),
+            sip_call_id=func.coalesce(
+                table.c.sip_call_id, bindparam("sip_call_id", type_=table.c.sip_call_id.type)
+            ),
+            direction=func.coalesce(
+                table.c.direction, bindparam("direction", type_=table.c.direction.type)
+            ),
             ended_at=func.coalesce(
                 bindparam("ended_at", type_=table.c.ended_at.type), table.c.ended_at
             ),
@@ -429,6 +438,8 @@ def _record_call_ends(session: Session, facts: dict[str, CallFacts], calls: dict
                 "org_id": calls[call_id],
                 "caller": call.caller_number_masked,
                 "dialled": call.dialled_number,
+                "sip_call_id": call.sip_call_id,
+                "direction": call.direction,
                 "ended_at": _utc(call.ended_at),
                 "status": call.status,
             }

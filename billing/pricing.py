@@ -77,6 +77,9 @@ class CallFacts:
     started_at: float
     caller_number_masked: str | None = None
     dialled_number: str | None = None
+    sip_call_id: str | None = None
+    direction: str | None = None
+    """``inbound`` or ``outbound`` (a phone call), else None."""
     ended_at: float | None = None
     status: str | None = None
     """On the last events: ``ended`` (hung up, or the agent ended it) or ``failed``."""

@@ -144,6 +144,10 @@ class Call(SQLModel, table=True):
     agent_id: int | None = Field(default=None, foreign_key="agents.id")
     caller_number_masked: str | None = Field(default=None, max_length=32)
     dialled_number: str | None = Field(default=None, max_length=32)
+    sip_call_id: str | None = Field(default=None, max_length=64)
+    """The SIP service's call id (``sip.callID``), to find the call in trunk logs."""
+    direction: str | None = Field(default=None, max_length=8)
+    """``inbound`` or ``outbound`` for a phone call; None for a browser or simulated one."""
     started_at: datetime = Field(default_factory=utcnow)
     ended_at: datetime | None = None
     status: str = Field(default="active", max_length=16)

@@ -14,9 +14,12 @@ from pydantic import ValidationError
 from agent.pipeline import stage_settings
 from agent.profile import (
     PROFILES_DIR,
+    TROUBLE_REPLY,
+    TROUBLE_TRANSFER_REPLY,
     ProfileError,
     ProfileStore,
     builtin_profile,
+    canned_policy,
     dialogue_policy,
     load_profile_file,
     parse_profile,
@@ -24,7 +27,7 @@ from agent.profile import (
 from agent.settings import Settings
 from agent.tools import CallTools, ProfileAgent
 from billing.agent_profile import TOOL_NAMES, AgentProfile
-from plugins.dialogue_llm import DialogueLLM, decide
+from plugins.dialogue_llm import DialogueLLM, DialoguePolicy, decide
 
 SHIPPED = sorted(PROFILES_DIR.glob("*.yaml"))
 
@@ -89,6 +92,16 @@ def test_an_agent_gets_only_the_tools_its_profile_grants():
             "slots: [{name: n, question: q, extract: [{digits: [5, 2]}]}]}]}",
             "min <= max",
         ),
+        ("name: x\ntelephony: {transfer_number: '+15550109999'}", "needs the transfer_to_human"),
+        (
+            "name: x\ntools: [transfer_to_human]\ntelephony: {transfer_number: '555-0100'}",
+            "E.164 (+15550100) or a sip:/tel: URI",
+        ),
+        ("name: x\ntelephony: {keys: {'#': end_call}}", "telephony.keys.#"),
+        ("name: x\ntelephony: {keys: {'12': end_call}}", "telephony.keys.12"),
+        ("name: x\ntelephony: {keys: {'0': open_safe}}", "telephony.keys.0"),
+        ("name: x\ntelephony: {transfer_line: ''}", "telephony.transfer_line"),
+        ("name: x\ntelephony: {transfer_nmber: '+15550109999'}", "Extra inputs"),
     ],
 )
 def test_a_malformed_profile_is_refused_naming_the_file_and_the_problem(text: str, complaint: str):
@@ -160,6 +173,27 @@ def test_a_profile_without_dialogue_offers_a_person_and_ends_on_goodbye():
     assert said("Goodbye")[1] == "end_call"
     without_transfer = dialogue_policy(AgentProfile(name="bare"))
     assert "person" not in without_transfer.fallback_reply
+
+
+def test_the_canned_tier_can_still_hand_the_caller_to_a_person():
+    """When every LLM tier has failed, a profile that transfers calls keeps that one action;
+    one that does not promises nothing."""
+    phone = AgentProfile(
+        name="desk",
+        tools=["transfer_to_human"],
+        telephony={"transfer_number": "+15550109999"},  # type: ignore[arg-type]
+    )
+
+    def said(policy: DialoguePolicy, text: str) -> tuple[str | None, str | None]:
+        ctx = llm.ChatContext.empty()
+        ctx.add_message(role="user", content=text)
+        d = decide(policy, ctx.items, set(TOOL_NAMES))
+        return d.text, d.tool_name
+
+    assert said(canned_policy(phone), "what's my balance?") == (TROUBLE_TRANSFER_REPLY, None)
+    assert said(canned_policy(phone), "a person please")[1] == "transfer_to_human"
+    bare = canned_policy(AgentProfile(name="bare", tools=["transfer_to_human"]))
+    assert said(bare, "a person please") == (TROUBLE_REPLY, None)
 
 
 def test_the_profile_chooses_providers_models_and_voices_among_what_the_worker_has():

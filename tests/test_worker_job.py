@@ -57,6 +57,14 @@ def test_the_job_runs_the_call_object_from_join_to_teardown(job_output: str):
     assert records[messages.index("call ended")]["status"] == "ended"
 
 
+def test_the_job_hangs_up_the_sip_caller_when_the_call_ends(job_output: str):
+    [api_line] = [line for line in job_output.splitlines() if line.startswith("livekit api: ")]
+    assert json.loads(api_line.removeprefix("livekit api: ")) == ["RoomService/DeleteRoom"]
+    records = [json.loads(line) for line in job_output.splitlines() if line.startswith("{")]
+    joined = next(r for r in records if r["message"] == "sip caller joined")
+    assert joined["direction"] == "inbound"
+
+
 def test_the_server_registers_the_entrypoint_and_reports_full_at_the_limit():
     server = build_server(Settings(_env_file=None, max_concurrent_calls=4))  # type: ignore[call-arg]
     assert server._entrypoint_fnc is entrypoint  # type: ignore[attr-defined]

@@ -6,7 +6,9 @@ production logging (``start``) with our masking, then ``agent.worker.entrypoint`
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,10 +16,12 @@ from typing import Any
 from livekit import rtc
 from livekit.agents.cli import cli as livekit_cli
 from livekit.agents.testing import fake_job_context
+from livekit.agents.utils import http_context
 
 from agent.admission import AdmissionDecision
 from agent.logs import mask_livekit_logging
 from agent.worker import entrypoint, prewarm
+from tests.loopback.livekit_server import API_KEY, API_SECRET, LiveKitServer
 
 CALLER = "+15551234567"
 TRUNK = "+15550107788"
@@ -61,6 +65,17 @@ class DispatchedRoom(rtc.Room):
 async def run_job(seconds: float) -> None:
     decision = AdmissionDecision(status="unmetered", dialled_number=None)
     room = DispatchedRoom(decision)
+    # a job runs in livekit's HTTP context (its LiveKit API client and plugins use it), with
+    # the worker's LiveKit server in its environment: here the loopback one
+    async with LiveKitServer() as server, http_context.open():
+        os.environ.update(
+            LIVEKIT_URL=server.url, LIVEKIT_API_KEY=API_KEY, LIVEKIT_API_SECRET=API_SECRET
+        )
+        await _run_in_job(room, seconds)
+        print(f"livekit api: {json.dumps(server.writes)}", file=sys.stderr)
+
+
+async def _run_in_job(room: DispatchedRoom, seconds: float) -> None:
     with fake_job_context(room=room, job_id="AJ_sipjob1") as ctx:
         caller = SipCaller()
 

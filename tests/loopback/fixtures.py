@@ -13,6 +13,7 @@ from livekit.agents.utils import http_context
 from tests.loopback.anthropic_server import AnthropicServer
 from tests.loopback.deepgram_server import DeepgramServer
 from tests.loopback.elevenlabs_server import ElevenLabsServer
+from tests.loopback.livekit_server import LiveKitServer
 from tests.loopback.openai_server import OpenAIServer
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "deepgram_server",
     "elevenlabs_server",
     "job_http_session",
+    "livekit_server",
     "openai_server",
 ]
 
@@ -49,6 +51,13 @@ async def deepgram_server() -> AsyncIterator[DeepgramServer]:
 async def elevenlabs_server() -> AsyncIterator[ElevenLabsServer]:
     """A running loopback ElevenLabs speaking a 440 Hz tone, 30 ms per character."""
     async with ElevenLabsServer() as server:
+        yield server
+
+
+@pytest_asyncio.fixture
+async def livekit_server() -> AsyncIterator[LiveKitServer]:
+    """A running loopback LiveKit server API (SIP, rooms, agent dispatch), empty."""
+    async with LiveKitServer() as server:
         yield server
 
 

@@ -24,6 +24,7 @@ from billing.agent_profile import (
     AgentProfile,
     Dialogue,
     Providers,
+    Telephony,
     Text,
     ToolName,
     Voices,
@@ -61,9 +62,18 @@ MAX_CALLS_PER_NUMBER = 100_000
 PhoneNumber = Annotated[str, Field(pattern=r"^\+[1-9][0-9]{6,14}$", description="E.164")]
 
 _ADMIN_ONLY_FIELDS = frozenset(
-    {"tools", "phone_number", "max_concurrent_calls_per_number", "owner_user_id"}
+    {"tools", "phone_number", "max_concurrent_calls_per_number", "owner_user_id", "telephony"}
 )
-PROFILE_FIELDS = ("greeting", "goodbye", "language", "voices", "providers", "dialogue")
+"""``telephony`` names where calls are transferred (calls the organisation pays for)."""
+PROFILE_FIELDS = (
+    "greeting",
+    "goodbye",
+    "language",
+    "voices",
+    "providers",
+    "dialogue",
+    "telephony",
+)
 """Stored together in ``agents.profile`` (JSON); name, instructions and tools have columns."""
 _PROFILE_KEYS = {"name", "instructions", "tools", *PROFILE_FIELDS}
 Language = Annotated[str, Field(pattern=r"^[a-z]{2}(-[A-Z]{2})?$")]
@@ -81,6 +91,7 @@ class AgentOut(BaseModel):
     voices: Voices
     providers: Providers
     dialogue: Dialogue | None
+    telephony: Telephony
     phone_number: str | None
     max_concurrent_calls_per_number: int | None
     created_at: datetime
@@ -96,6 +107,7 @@ class AgentCreate(BaseModel):
     voices: Voices | None = None
     providers: Providers | None = None
     dialogue: Dialogue | None = None
+    telephony: Telephony | None = None
     phone_number: PhoneNumber | None = None
     max_concurrent_calls_per_number: int | None = Field(default=None, ge=1, le=MAX_CALLS_PER_NUMBER)
     owner_user_id: RowId | None = Field(default=None, description="Defaults to you.")
@@ -113,6 +125,7 @@ class AgentPatch(BaseModel):
     dialogue: Dialogue | None = Field(
         default=None, description="``null`` removes it: the embedded engine's default offer."
     )
+    telephony: Telephony | None = None
     phone_number: PhoneNumber | None = None
     max_concurrent_calls_per_number: int | None = Field(default=None, ge=1, le=MAX_CALLS_PER_NUMBER)
     owner_user_id: RowId | None = None
@@ -338,6 +351,7 @@ def _out(agent: Agent) -> AgentOut:
         voices=profile.voices,
         providers=profile.providers,
         dialogue=profile.dialogue,
+        telephony=profile.telephony,
         phone_number=agent.phone_number,
         max_concurrent_calls_per_number=agent.max_concurrent_calls_per_number,
         created_at=agent.created_at,

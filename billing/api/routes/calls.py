@@ -24,6 +24,8 @@ class CallOut(BaseModel):
     agent_id: int | None
     caller_number_masked: str | None
     dialled_number: str | None
+    sip_call_id: str | None
+    direction: str | None
     started_at: datetime
     ended_at: datetime | None
     status: str
