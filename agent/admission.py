@@ -50,17 +50,21 @@ class CallIdentity:
     organisation_id: int | None
     agent_id: int | None
     dialled_number: str | None
+    hold: bool = False
+    """The caller can wait at the concurrency limit (``"hold": true``, set by the SIP
+    dispatch rules ``provision-sip`` makes): queued with hold music instead of refused."""
 
 
 class AdmissionDecision(BaseModel):
     """Whether a call is taken, and whom it is billed to. ``status``: ``admitted`` (with a
     lease), ``unleased`` (sidecar unreachable, admitted anyway and billed later through the
-    outbox), ``unmetered`` (no sidecar configured) or ``refused`` (``reason`` and the
+    outbox), ``unmetered`` (no sidecar configured), ``queued`` (waiting for a
+    slot, ``position`` callers ahead; agent.hold) or ``refused`` (``reason`` and the
     ``message`` the caller hears)."""
 
     model_config = ConfigDict(frozen=True)
 
-    status: Literal["admitted", "unleased", "unmetered", "refused"]
+    status: Literal["admitted", "unleased", "unmetered", "queued", "refused"]
     lease_id: str | None = None
     organisation_id: int | None = None
     """Billed for the call (the sidecar's answer, however it found the organisation)."""
@@ -69,6 +73,8 @@ class AdmissionDecision(BaseModel):
     dialled_number: str | None = None
     reason: str | None = None
     message: str | None = None
+    position: int | None = None
+    """Queued: callers ahead of this one."""
 
     @property
     def refused(self) -> bool:
@@ -76,7 +82,13 @@ class AdmissionDecision(BaseModel):
 
     def identity(self, call_id: str) -> CallIdentity:
         """The call as admitted: the organisation and agent the sidecar resolved."""
-        return CallIdentity(call_id, self.organisation_id, self.agent_id, self.dialled_number)
+        return CallIdentity(
+            call_id,
+            self.organisation_id,
+            self.agent_id,
+            self.dialled_number,
+            hold=self.status == "queued",
+        )
 
     def to_attributes(self) -> dict[str, str]:
         return {ADMISSION_ATTR: self.model_dump_json(exclude_none=True)}
@@ -119,6 +131,7 @@ def call_identity(
         dialled_number=merged.get("dialled_number")
         if isinstance(merged.get("dialled_number"), str)
         else None,
+        hold=merged.get("hold") is True,
     )
 
 
@@ -143,6 +156,7 @@ async def decide_admission(
             organisation_id=identity.organisation_id,
             agent_id=identity.agent_id,
             dialled_number=identity.dialled_number,
+            hold=identity.hold,
         )
     except SidecarUnavailable as exc:
         log.error(
@@ -171,6 +185,16 @@ async def decide_admission(
             organisation_id=answer.organisation_id or identity.organisation_id,
             agent_id=answer.agent_id or identity.agent_id,
             dialled_number=identity.dialled_number,
+        )
+    if answer.position is not None:  # only a queued call has a place in the queue
+        return AdmissionDecision(
+            status="queued",
+            organisation_id=answer.organisation_id or identity.organisation_id,
+            agent_id=answer.agent_id or identity.agent_id,
+            dialled_number=identity.dialled_number,
+            position=answer.position,
+            reason=answer.reason,
+            message=answer.message,
         )
     log.info(
         "call refused",

@@ -38,6 +38,7 @@ from agent.admission import AdmissionDecision, CallIdentity, LeaseKeeper
 from agent.continuity import conversation_key, conversations_for
 from agent.dtmf import DtmfCollector
 from agent.echo import EchoCanceller
+from agent.hold import HoldQueueWait, play_hold_music
 from agent.interruption import InterruptionPolicy
 from agent.logs import call_id_var, mask_phone
 from agent.metering import CallMeter
@@ -108,6 +109,7 @@ class Call:
         self._keeper_task: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
         self._phrases_task: asyncio.Task[None] | None = None
+        self._holding: asyncio.Task[AdmissionDecision] | None = None
         self.interruptions: InterruptionPolicy | None = None
         self.keypad: DtmfCollector | None = None
         self._keypad_source: rtc.EventEmitter[Any] | None = None
@@ -151,6 +153,18 @@ class Call:
         ``keypad``: where the caller's keys come from (``sip_dtmf_received``), ``room``
         unless given. A refused call says why and ends here."""
         call_id_var.set(self.call_id)
+        if self.decision.status == "queued":
+            self._holding = asyncio.create_task(
+                self._hold(room, audio_output, observe), name="on-hold"
+            )
+            try:
+                self.decision = await self._holding
+            except asyncio.CancelledError:
+                if self._closing is not None:
+                    return  # the caller hung up on hold: the call is closed already
+                raise
+            # billed from admission on, not from the time on hold
+            self.started_at, self._started_monotonic = time.time(), time.monotonic()
         if self.decision.refused:
             await self._refuse(room, audio_input, audio_output, observe)
             return
@@ -203,6 +217,10 @@ class Call:
 
     async def _teardown(self, status: str) -> None:
         self.status = status
+        if self._holding is not None and not self._holding.done():
+            self._holding.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._holding  # leaves the queue and closes the hold session
         session = self.session
         if self._phrases_task is not None:
             self._phrases_task.cancel()
@@ -364,6 +382,39 @@ class Call:
         except Exception:
             log.exception("could not render the fixed lines; the last voice tier has none")
 
+    async def _hold(
+        self,
+        room: rtc.Room | None,
+        audio_output: AudioOutput | None,
+        observe: Callable[[AgentSession], None] | None,
+    ) -> AdmissionDecision:
+        """On hold (agent.hold): the hold message and music on a voice-only session while
+        the sidecar keeps the caller's place; the decision the wait ended with."""
+        decision = self.decision
+        if self._sidecar is None:  # nobody to queue with
+            return decision.model_copy(update={"status": "unleased"})
+        message = decision.message or "Please hold."  # the sidecar says what to say
+        self.session = session = voice_only_session(
+            stage_settings(self._settings, self.profile), self.profile, message
+        )
+        # the caller's voice is not needed on hold: no input, nothing heard
+        await self._start_session(Agent(instructions=""), room, None, audio_output, observe)
+        music = asyncio.create_task(play_hold_music(session, message), name="hold-music")
+        wait = HoldQueueWait(
+            self._sidecar,
+            self.identity,
+            max_wait_s=self._settings.hold_max_wait_s,
+            fail_open=self._settings.admission_fail_open,
+        )
+        try:
+            return await wait.wait(decision)
+        finally:
+            music.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await music
+            await _step("closing the hold session", session.aclose())
+            self.session = None
+
     async def _refuse(
         self,
         room: rtc.Room | None,
@@ -371,7 +422,7 @@ class Call:
         audio_output: AudioOutput | None,
         observe: Callable[[AgentSession], None] | None,
     ) -> None:
-        self.session = session = refusal_session(
+        self.session = session = voice_only_session(
             stage_settings(self._settings, self.profile), self.profile, self.decision.message or ""
         )
         await self._start_session(Agent(instructions=""), room, audio_input, audio_output, observe)
@@ -407,8 +458,9 @@ class Call:
             await session.start(agent, record=False)
 
 
-def refusal_session(settings: Settings, profile: AgentProfile, message: str) -> AgentSession:
-    """A voice-only session for a refused call: no STT or LLM, so it costs nothing."""
+def voice_only_session(settings: Settings, profile: AgentProfile, message: str) -> AgentSession:
+    """A session that only speaks (a refused call, a caller on hold): no STT or LLM, so it
+    costs nothing; ``message`` is among the last voice's prepared lines."""
     return AgentSession(tts=build_tts(settings, profile, lines=[message]))
 
 

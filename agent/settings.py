@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     """Shared secret the worker presents to the sidecar's /internal routes."""
     default_organisation_id: int | None = None
     """Organisation billed for calls whose job metadata names none (single-tenant set-ups)."""
+    hold_max_wait_s: float = Field(default=120.0, gt=0)
+    """Longest a phone caller waits on hold (the organisation's concurrency limit reached)
+    before hearing that nobody is free; the queue's length is the sidecar's
+    ``HOLD_QUEUE_MAX``."""
     admission_fail_open: bool = True
     """When the sidecar cannot be reached: admit the call (and bill it later through the
     outbox) rather than turn callers away."""

@@ -16,11 +16,13 @@ from billing.agent_profile import AgentProfile
 from billing.internal_api import (
     ADMISSIONS_PATH,
     BILLING_EVENTS_PATH,
+    QUEUE_LEAVE_PATH,
     WORKER_HEARTBEAT_PATH,
     AdmissionIn,
     AdmissionOut,
     AgentProfileOut,
     LeaseOut,
+    QueueLeaveIn,
     WorkerHeartbeatIn,
     WorkerHeartbeatOut,
     agent_profile_path,
@@ -60,18 +62,21 @@ class SidecarClient:
         agent_id: int | None,
         dialled_number: str | None,
         resume: bool = False,
+        hold: bool = False,
     ) -> AdmissionOut:
         """Ask for a call lease (``resume``: for a live call that lost it; never refused
-        for a quota). Raises SidecarUnavailable when no decision came back."""
+        for a quota; ``hold``: the caller can wait in the queue at the limit, answered
+        with a ``position``). Raises SidecarUnavailable when no decision came back."""
         body = AdmissionIn(
             call_id=call_id,
             organisation_id=organisation_id,
             agent_id=agent_id,
             dialled_number=dialled_number,
             resume=resume,
+            hold=hold,
         )
         resp = await self._request("POST", ADMISSIONS_PATH, json=body.model_dump())
-        if resp.status_code not in (200, 409):
+        if resp.status_code not in (200, 202, 409):
             raise SidecarUnavailable(f"admission answered {resp.status_code}: {resp.text[:200]}")
         return _parse(AdmissionOut, resp)
 
@@ -110,6 +115,13 @@ class SidecarClient:
 
     async def release(self, lease_id: str) -> None:
         await self._request("DELETE", lease_path(lease_id))
+
+    async def leave_queue(self, call_id: str, organisation_id: int) -> None:
+        """A queued caller stopped waiting. Raises SidecarUnavailable."""
+        body = QueueLeaveIn(call_id=call_id, organisation_id=organisation_id).model_dump()
+        resp = await self._request("POST", QUEUE_LEAVE_PATH, json=body)
+        if resp.status_code != 204:
+            raise SidecarUnavailable(f"leaving the queue answered {resp.status_code}")
 
     async def aclose(self) -> None:
         await self._http.aclose()

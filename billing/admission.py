@@ -22,6 +22,7 @@ from sqlmodel import Session, col, select
 
 from billing.notify import Notifier
 from storage.db import session_scope
+from storage.hold_queue import HoldQueue, MemoryHoldQueue
 from storage.leases import LeaseScope, LeaseStore
 from storage.models import Agent, Organisation, Plan, UsageKind, UsageRecord
 
@@ -30,6 +31,8 @@ logger = logging.getLogger(__name__)
 UNKNOWN_AGENT = "unknown_agent"
 CONCURRENT_CALLS_LIMIT = "concurrent_calls_limit"
 NUMBER_CONCURRENCY_LIMIT = "number_concurrency_limit"
+HOLD_QUEUE_FULL = "hold_queue_full"
+QUEUED = "queued"
 MONTHLY_MINUTES_EXHAUSTED = "monthly_minutes_exhausted"
 BALANCE_EXHAUSTED = "balance_exhausted"
 MAX_AGENTS = "max_agents"
@@ -38,6 +41,7 @@ CALLER_MESSAGES: dict[str, str] = {
     UNKNOWN_AGENT: "Sorry, this agent is not available.",
     CONCURRENT_CALLS_LIMIT: "All our agents are busy right now; please try again in a few minutes.",
     NUMBER_CONCURRENCY_LIMIT: "This line is busy right now; please call again in a few minutes.",
+    HOLD_QUEUE_FULL: "All our agents are busy right now; please try again in a few minutes.",
     MONTHLY_MINUTES_EXHAUSTED: "Sorry, this line has reached its calling limit for this month.",
     BALANCE_EXHAUSTED: "Sorry, this line cannot take calls right now; please try again later.",
 }
@@ -45,6 +49,12 @@ CALLER_MESSAGES: dict[str, str] = {
 says nothing about the organisation's billing."""
 
 ADMITTED_MESSAGE = "Call admitted."
+HOLD_MESSAGE = "All our agents are busy. Please hold, and you will be connected in turn."
+"""What a queued caller hears before the hold music."""
+HOLD_QUEUE_MAX = 10
+"""Callers one organisation may have waiting at once (``HOLD_QUEUE_MAX``)."""
+HOLD_ENTRY_TTL_S = 10.0
+"""A waiting caller whose worker has not asked again within this has left the queue."""
 UNLIMITED = 2**31 - 1
 """The scope limit a resumed (live) call's lease is taken with."""
 
@@ -73,6 +83,10 @@ class AdmissionRequest:
     dialled_number: str | None = None
     organisation_id: int | None = None
     resume: bool = False
+    hold: bool = False
+    """The caller can wait (a phone caller hears hold music): at the concurrency limit the
+    call is queued in arrival order instead of refused. Ask again, at least every
+    :data:`HOLD_ENTRY_TTL_S`, to keep the place and to be admitted at the head."""
 
 
 def lease_id_for(organisation_id: int, call_id: str) -> str:
@@ -97,6 +111,12 @@ class Admission:
     its agent, the dialled number)."""
     agent_id: int | None = None
     """Admitted: the agent that answers it, when one was named or reached by number."""
+    position: int | None = None
+    """Queued (``reason`` :data:`QUEUED`): callers ahead of this one, 0 at the head."""
+
+    @property
+    def queued(self) -> bool:
+        return self.reason == QUEUED
 
 
 @dataclass(frozen=True)
@@ -125,11 +145,17 @@ class AdmissionController:
         lease_ttl_s: float = 30.0,
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.time,
+        hold_queue: HoldQueue | None = None,
+        hold_queue_max: int = HOLD_QUEUE_MAX,
     ) -> None:
         if not lease_ttl_s > 0:
             raise ValueError(f"lease_ttl_s must be positive, got {lease_ttl_s}")
+        if hold_queue_max < 0:
+            raise ValueError(f"hold_queue_max cannot be negative, got {hold_queue_max}")
         self._engine = engine
         self._leases = leases
+        self._hold = hold_queue or MemoryHoldQueue()
+        self._hold_max = hold_queue_max
         self._lease_ttl_s = lease_ttl_s
         self._notifier = notifier or Notifier(webhook_url=None, webhook_secret=None)
         self._clock = clock
@@ -161,11 +187,48 @@ class AdmissionController:
             # a live call is counted, never refused: no limit holds it out of its scopes
             scopes = [LeaseScope(scope.key, UNLIMITED) for scope in scopes]
         lease_id = lease_id_for(verdict.organisation_id, req.call_id)
+        queue = f"org:{verdict.organisation_id}"
+        if req.hold and not req.resume:
+            # a waiting caller tries for a slot only at the head of the queue: in order
+            position = self._hold.take_turn(queue, req.call_id, self._hold_max, HOLD_ENTRY_TTL_S)
+            if position is None:
+                return self._refuse(req, HOLD_QUEUE_FULL, verdict.organisation_id)
+            if position > 0:
+                return self._queued(req, verdict, position)
+        elif (
+            not req.resume
+            and self._hold.length(queue) > 0
+            and not self._leases.heartbeat(lease_id, self._lease_ttl_s)
+        ):
+            # callers are waiting: a slot that frees is theirs (a live call retrying its
+            # admission keeps its own)
+            return self._refuse(req, CONCURRENT_CALLS_LIMIT, verdict.organisation_id)
         full_scope = self._leases.acquire(lease_id, scopes, self._lease_ttl_s)
         if full_scope is None:
+            if req.hold:
+                self._hold.leave(queue, req.call_id)
             return self._admitted(req, verdict)
+        if req.hold and not req.resume:
+            return self._queued(req, verdict, 0)
         reason = CONCURRENT_CALLS_LIMIT if full_scope == scopes[0].key else NUMBER_CONCURRENCY_LIMIT
         return self._refuse(req, reason, verdict.organisation_id)
+
+    def leave_queue(self, organisation_id: int, call_id: str) -> None:
+        """A waiting caller gave up (hung up, or waited too long); idempotent."""
+        self._hold.leave(f"org:{organisation_id}", call_id)
+
+    def _queued(self, req: AdmissionRequest, quota: _CallQuota, position: int) -> Admission:
+        logger.info(
+            "call queued",
+            extra={
+                "call_id": req.call_id,
+                "organisation_id": quota.organisation_id,
+                "position": position,
+            },
+        )
+        return Admission(
+            False, None, QUEUED, HOLD_MESSAGE, quota.organisation_id, quota.agent_id, position
+        )
 
     def heartbeat(self, lease_id: str) -> bool:
         """Keep a live call's lease for another ``lease_ttl_s``; False if it expired (the

@@ -49,6 +49,9 @@ class SidecarConfig:
     rate_limit_webhook_per_ip: int = 600
     rate_limit_window_s: float = 60.0
     lease_ttl_s: float = 30.0
+    hold_queue_max: int = 10
+    """Phone callers one organisation may have waiting at the concurrency limit; 0: none
+    wait (refused at once, as browser users always are)."""
     key_prefix: str = "va:"
 
     def __post_init__(self) -> None:

@@ -35,6 +35,9 @@ def agent_profile_path(agent_id: int | str) -> str:
     return f"/internal/agents/{agent_id}/profile"
 
 
+QUEUE_LEAVE_PATH = f"{ADMISSIONS_PATH}/queue/leave"
+
+
 def lease_path(lease_id: str) -> str:
     """Where a lease is released (``DELETE``)."""
     return f"{ADMISSIONS_PATH}/{lease_id}"
@@ -55,10 +58,16 @@ class AdmissionIn(BaseModel):
         description="The call is live but lost its lease (or never had one): take its "
         "slots again, over the limits if need be. Never refused for a quota.",
     )
+    hold: bool = Field(
+        default=False,
+        description="The caller can wait: at the concurrency limit the call is queued "
+        "(202 with its position) instead of refused. Ask again at least every 10 s to keep "
+        "the place; the head of the queue is admitted when a slot frees.",
+    )
 
 
 class AdmissionOut(BaseModel):
-    """The decision (200 admitted, 409 refused)."""
+    """The decision (200 admitted, 202 queued, 409 refused)."""
 
     admitted: bool
     lease_id: str | None
@@ -70,6 +79,15 @@ class AdmissionOut(BaseModel):
     """Admitted: the organisation billed for the call, however it was found."""
     agent_id: int | None = None
     """Admitted: the agent that answers it (named, or reached on the dialled number)."""
+    position: int | None = None
+    """Queued: callers ahead of this one (0: next)."""
+
+
+class QueueLeaveIn(BaseModel):
+    """A queued caller that stopped waiting (hung up, or waited too long)."""
+
+    call_id: str = Field(min_length=1, max_length=64)
+    organisation_id: RowId
 
 
 class LeaseOut(BaseModel):

@@ -31,6 +31,9 @@ class SidecarSettings(BaseSettings):
     sidecar_rate_limit_per_key: int = Field(default=600, ge=1)
     sidecar_rate_limit_webhook_per_ip: int = Field(default=600, ge=1)
     sidecar_rate_limit_window_s: float = Field(default=60.0, gt=0)
+    hold_queue_max: int = Field(default=10, ge=0, le=1000)
+    """Phone callers one organisation may have waiting when its concurrency limit is
+    reached (``HOLD_QUEUE_MAX``); 0: refuse at once."""
     notify_webhook_url: str | None = None
     notify_webhook_secret: SecretStr = SecretStr("")
 
@@ -57,4 +60,5 @@ class SidecarSettings(BaseSettings):
             rate_limit_per_key=self.sidecar_rate_limit_per_key,
             rate_limit_webhook_per_ip=self.sidecar_rate_limit_webhook_per_ip,
             rate_limit_window_s=self.sidecar_rate_limit_window_s,
+            hold_queue_max=self.hold_queue_max,
         )

@@ -67,6 +67,30 @@ def _admit(sidecar: SidecarApi, call_id: str, organisation_id: int) -> dict[str,
     return {"status": response.status_code, **response.json()}
 
 
+def test_a_call_that_can_hold_is_queued_with_202_and_can_leave(shared_sidecar: SidecarApi) -> None:
+    client = shared_sidecar.client
+    org = shared_sidecar.seed.organisation(max_concurrent_calls=1)
+    assert _admit(shared_sidecar, "in-call", org)["status"] == 200
+    body = {"call_id": "waiting", "organisation_id": org, "hold": True}
+    queued = client.post("/internal/admissions", json=body, headers=SERVICE_HEADERS)
+    assert queued.status_code == 202, queued.text
+    assert queued.json()["position"] == 0 and queued.json()["reason"] == "queued"
+    leave = {"call_id": "waiting", "organisation_id": org}
+    for _ in range(2):  # idempotent
+        left = client.post("/internal/admissions/queue/leave", json=leave, headers=SERVICE_HEADERS)
+        assert left.status_code == 204
+    for bad in ({"call_id": "w"}, {"call_id": "", "organisation_id": org}, {"organisation_id": 0}):
+        refused = client.post("/internal/admissions/queue/leave", json=bad, headers=SERVICE_HEADERS)
+        assert refused.status_code == 422
+    assert client.post("/internal/admissions/queue/leave", json=leave).status_code == 401
+    not_bool = client.post(
+        "/internal/admissions",
+        json={"call_id": "x", "organisation_id": org, "hold": "please"},
+        headers=SERVICE_HEADERS,
+    )
+    assert not_bool.status_code == 422
+
+
 def test_an_admitted_call_gets_a_lease_to_heartbeat_and_release(shared_sidecar: SidecarApi) -> None:
     client = shared_sidecar.client
     org = shared_sidecar.seed.organisation()
@@ -79,6 +103,7 @@ def test_an_admitted_call_gets_a_lease_to_heartbeat_and_release(shared_sidecar: 
         "message": admitted["message"],
         "organisation_id": org,
         "agent_id": None,
+        "position": None,
     }
     lease = f"/internal/admissions/{org}:call-lease"
     heartbeat = client.post(f"{lease}/heartbeat", headers=SERVICE_HEADERS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from livekit.agents import Agent
 
-from agent.call import refusal_session, say_refusal
+from agent.call import say_refusal, voice_only_session
 from agent.profile import builtin_profile
 from agent.settings import Settings
 from agent.wav_io import CapturedAudioOutput
@@ -14,7 +14,7 @@ from tests.hearing import share_of_words_heard, transcribe
 
 async def test_the_refusal_message_is_spoken_to_the_caller():
     message = "Sorry, all our lines are busy. Please call again later."
-    session = refusal_session(Settings(tts_provider="local"), builtin_profile(), message)
+    session = voice_only_session(Settings(tts_provider="local"), builtin_profile(), message)
     speaker = CapturedAudioOutput()
     session.output.audio = speaker
     await session.start(agent=Agent(instructions=""), record=False)

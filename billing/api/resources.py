@@ -21,6 +21,7 @@ from billing.api.workers import LiveWorkers
 from billing.config import SidecarConfig
 from billing.notify import Notifier
 from storage.db import make_engine
+from storage.hold_queue import HoldQueue, MemoryHoldQueue, RedisHoldQueue
 from storage.leases import LeaseStore, MemoryLeaseStore, RedisLeaseStore
 from storage.rate_limits import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 
@@ -75,6 +76,7 @@ def build_resources(config: SidecarConfig, *, engine: Engine | None = None) -> S
     rate_limiter: RateLimiter
     if config.redis_url is None:
         leases, rate_limiter = MemoryLeaseStore(), MemoryRateLimiter()
+        hold_queue: HoldQueue = MemoryHoldQueue()
     else:
         # one client (one connection pool) for leases and rate limits, closed on shutdown
         client = redis.Redis.from_url(
@@ -83,6 +85,7 @@ def build_resources(config: SidecarConfig, *, engine: Engine | None = None) -> S
             socket_timeout=REDIS_TIMEOUT_S,
         )
         leases = RedisLeaseStore(client, config.key_prefix)
+        hold_queue = RedisHoldQueue(client, config.key_prefix)
         rate_limiter = RedisRateLimiter(client, config.key_prefix)
     logger.info(
         "sidecar resources ready",
@@ -102,7 +105,12 @@ def build_resources(config: SidecarConfig, *, engine: Engine | None = None) -> S
         rate_limits=RateLimits(rate_limiter, config, metrics),
         notifier=notifier,
         admissions=AdmissionController(
-            engine, leases, lease_ttl_s=config.lease_ttl_s, notifier=notifier
+            engine,
+            leases,
+            lease_ttl_s=config.lease_ttl_s,
+            notifier=notifier,
+            hold_queue=hold_queue,
+            hold_queue_max=config.hold_queue_max,
         ),
         metrics=metrics,
         workers=workers,

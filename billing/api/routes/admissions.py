@@ -14,7 +14,14 @@ from fastapi.responses import JSONResponse
 from billing.admission import AdmissionRequest
 from billing.api.deps import Resources, ServiceCaller
 from billing.api.errors import ErrorBody, NotFound
-from billing.internal_api import ADMISSIONS_PATH, AdmissionIn, AdmissionOut, LeaseOut
+from billing.internal_api import (
+    ADMISSIONS_PATH,
+    QUEUE_LEAVE_PATH,
+    AdmissionIn,
+    AdmissionOut,
+    LeaseOut,
+    QueueLeaveIn,
+)
 
 router = APIRouter(
     prefix=ADMISSIONS_PATH,
@@ -37,11 +44,15 @@ LeaseId = Annotated[
 @router.post(
     "",
     response_model=AdmissionOut,
-    responses={409: {"model": AdmissionOut, "description": "refused; see reason"}},
+    responses={
+        202: {"model": AdmissionOut, "description": "queued (hold); see position"},
+        409: {"model": AdmissionOut, "description": "refused; see reason"},
+    },
     summary="Admit a call (take its lease)",
 )
 def admit(body: AdmissionIn, resources: Resources) -> AdmissionOut | JSONResponse:
-    """200 with a ``lease_id`` to heartbeat, or 409 with ``reason`` and ``message``.
+    """200 with a ``lease_id`` to heartbeat, 202 with a queue ``position`` (``hold``), or
+    409 with ``reason`` and ``message``.
 
     A worker whose heartbeat answers 404 admits its live call again with ``resume``."""
     decision = resources.admissions.admit(AdmissionRequest(**body.model_dump()))
@@ -52,12 +63,26 @@ def admit(body: AdmissionIn, resources: Resources) -> AdmissionOut | JSONRespons
         message=decision.message,
         organisation_id=decision.organisation_id,
         agent_id=decision.agent_id,
+        position=decision.position,
     )
     if decision.admitted and decision.lease_id is not None:
         resources.metrics.leases.granted(decision.lease_id)
         return out
+    if decision.queued:
+        return JSONResponse(out.model_dump(), status_code=202)
     resources.metrics.quota_rejections.labels(decision.reason or "unknown").inc()
     return JSONResponse(out.model_dump(), status_code=409)
+
+
+@router.post(
+    QUEUE_LEAVE_PATH.removeprefix(ADMISSIONS_PATH),
+    status_code=204,
+    summary="Leave the hold queue",
+)
+def leave_queue(body: QueueLeaveIn, resources: Resources) -> Response:
+    """A queued caller stopped waiting; idempotent."""
+    resources.admissions.leave_queue(body.organisation_id, body.call_id)
+    return Response(status_code=204)
 
 
 @router.post(
