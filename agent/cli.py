@@ -94,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="t=SECONDS:KEYS[,...]",
         help='keypad presses during the call, e.g. "t=12.5:1234#" (seconds from the start)',
     )
+    prov = sub.add_parser(
+        "provision-sip",
+        help="create or update the SIP trunks and dispatch rules a numbers file describes",
+    )
+    prov.add_argument("--config", required=True, type=Path, help="the numbers file (sip.yaml)")
+    prov.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+
+    call = sub.add_parser("call", help="phone a number: the agent calls out through the trunk")
+    call.add_argument("number", type=_phone_number, help="the number to call (E.164)")
+    call.add_argument("--agent-id", type=_positive_int, help="the sidecar's agent that talks")
+    call.add_argument("--organisation-id", type=_positive_int, help="bill this organisation")
     return parser
 
 
@@ -163,6 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_livekit("console", rest, with_profile(settings, args.agent))
         if args.command == "simulate":
             return run_simulate(args, settings)
+        if args.command == "provision-sip":
+            return asyncio.run(run_provision_sip(args, settings))
+        if args.command == "call":
+            return asyncio.run(run_call(args, settings))
         raise StartupError(f"unknown command {args.command!r}", 2)
     except StartupError as exc:
         one_line = " ".join(str(exc).split())  # driver errors span several lines
@@ -403,6 +418,76 @@ def run_simulate(args: argparse.Namespace, settings: Settings) -> int:
     for err in report.errors:
         print(f"  error: {err}")
     return 0 if not report.errors else 1
+
+
+async def run_provision_sip(args: argparse.Namespace, settings: Settings) -> int:
+    from livekit import api
+
+    from agent.logs import configure_logging
+    from agent.provisioning import Provisioner, ProvisioningError, load_config
+
+    configure_logging(settings.log_level, settings.log_format or "text")
+    try:
+        config = load_config(args.config)
+        check_livekit_server(settings, "provision-sip")
+        lkapi = api.LiveKitAPI(
+            settings.livekit_url,
+            settings.livekit_api_key,
+            settings.livekit_api_secret.get_secret_value(),
+        )
+        try:
+            provisioner = Provisioner(lkapi, config, settings.agent_name)
+            plan = await provisioner.plan()
+            for line in plan.lines():
+                print(line)
+            if args.dry_run:
+                print(f"dry run: {len(plan.writes)} change(s) planned, none made")
+                return 0
+            ids = await provisioner.apply(plan)
+        except api.ServerError as exc:
+            raise StartupError(f"the LiveKit server refused: {exc.message or exc.code}") from None
+        finally:
+            await lkapi.aclose()
+    except ProvisioningError as exc:
+        raise StartupError(str(exc)) from None
+    print(f"{len(plan.writes)} change(s) made")
+    outbound = ids.get("voice-agent:out")
+    if outbound:
+        print(f"SIP_OUTBOUND_TRUNK_ID={outbound}")
+    return 0
+
+
+async def run_call(args: argparse.Namespace, settings: Settings) -> int:
+    from livekit import api
+
+    from agent.logs import configure_logging
+    from agent.telephony import SipUnavailable, place_call
+
+    configure_logging(settings.log_level, settings.log_format or "text")
+    check_livekit_server(settings, "call")
+    if not settings.sip_outbound_trunk_id:
+        raise StartupError(
+            "`call` needs SIP_OUTBOUND_TRUNK_ID (python agent.py provision-sip prints it)"
+        )
+    lkapi = api.LiveKitAPI(
+        settings.livekit_url,
+        settings.livekit_api_key,
+        settings.livekit_api_secret.get_secret_value(),
+    )
+    try:
+        placed = await place_call(
+            lkapi,
+            settings,
+            args.number,
+            agent_id=args.agent_id,
+            organisation_id=args.organisation_id,
+        )
+    except SipUnavailable as exc:
+        raise StartupError(f"the call did not connect ({exc.status}): {exc.detail}") from None
+    finally:
+        await lkapi.aclose()
+    print(f"answered: room {placed.room_name}, SIP call {placed.sip_call_id}")
+    return 0
 
 
 def run_sidecar(args: argparse.Namespace, settings: SidecarSettings) -> int:
