@@ -257,16 +257,17 @@ def run_livekit(command: str, rest: list[str], settings: Settings) -> int:
             stop_health = start_health_server(settings)
         except OSError as exc:
             raise StartupError(f"{exc} (HEALTH_PORT: choose a free port)") from None
-    stop_sidecar_link = start_sidecar_link(settings)
+    link = start_sidecar_link(settings)
     try:
         with mask_livekit_logging(settings.log_format):
             cli.run_app(build_server(settings))
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
-        for stop in (stop_sidecar_link, stop_health):
-            if stop is not None:
-                stop.set()
+        if stop_health is not None:
+            stop_health.set()
+        if link is not None:
+            link.stop()  # the calls have drained: deliver what they metered
     return 0
 
 

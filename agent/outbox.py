@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -234,11 +235,12 @@ class OutboxSender:
         self._client = client
         self._batch_size = batch_size
 
-    async def deliver_once(self) -> int:
-        """Send one batch of due events; returns how many the sidecar accepted (applied
-        or already had). Never raises for a failed delivery: the events stay pending and
-        are retried (or, refused for good, are set aside)."""
-        batch = self._outbox.due(self._batch_size)
+    async def deliver_once(self, *, now: float | None = None) -> int:
+        """Send one batch of due events (due at ``now``; default: the outbox's clock);
+        returns how many the sidecar accepted (applied or already had). Never raises for
+        a failed delivery: the events stay pending and are retried (or, refused for good,
+        are set aside)."""
+        batch = self._outbox.due(self._batch_size, now=now)
         if not batch:
             return 0
         outcome = await self._post(batch)
@@ -264,6 +266,24 @@ class OutboxSender:
                 delivered = 0
             if delivered < self._batch_size:
                 await asyncio.sleep(poll_s)
+
+    async def flush(self, timeout_s: float) -> int:
+        """At shutdown: offer every pending event once more, backoff or not, batch after
+        batch while the sidecar takes them, for at most ``timeout_s``. Returns how many
+        are still pending (kept on disk for the next start)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while await self.deliver_once(now=math.inf) > 0:
+                    pass
+        except TimeoutError:
+            log.warning("outbox flush timed out", extra={"timeout_s": timeout_s})
+        left = self._outbox.pending_count()
+        log.log(
+            logging.WARNING if left else logging.INFO,
+            "outbox flushed",
+            extra={"pending": left},
+        )
+        return left
 
     async def _deliver_alone(self, draft: EventDraft) -> int:
         outcome = await self._post([draft])

@@ -132,6 +132,10 @@ class Settings(BaseSettings):
     """livekit's own worker endpoint (``/``: registered with the server, ``/worker``); the
     health check reads it."""
 
+    drain_timeout_s: int = Field(default=600, ge=0)
+    """On SIGTERM (``start``): how long live calls may go on before the worker exits
+    anyway; 0 waits for them however long. A second SIGTERM exits at once."""
+
     data_dir: Path = Path("data")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] | None = None

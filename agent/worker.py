@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import threading
+from dataclasses import dataclass
 
 from livekit.agents import AgentServer, JobContext, JobProcess
 
@@ -36,6 +37,8 @@ from plugins.local_stt import WhisperSTT
 log = logging.getLogger("agent.worker")
 
 WORKER_HEARTBEAT_INTERVAL_S = 15.0
+OUTBOX_FLUSH_S = 15.0
+"""At shutdown, how long the last delivery of billing events may take."""
 
 
 def prewarm(proc: JobProcess) -> None:
@@ -131,25 +134,41 @@ def is_outbound(metadata: str) -> bool:
     return isinstance(value, dict) and value.get("direction") == "outbound"
 
 
-def start_sidecar_link(settings: Settings) -> threading.Event | None:
+@dataclass
+class SidecarLink:
     """The worker main process's link to the sidecar, on a thread and event loop of its
     own (livekit owns the main one): deliver metered billing events from the outbox, and
     tell the sidecar this worker is alive (so a sidecar without Redis can warn that its
-    in-process leases do not span several workers). Set the event to stop."""
+    in-process leases do not span several workers)."""
+
+    stop_event: threading.Event
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        """Stop, after one last bounded flush of the outbox (what is not delivered stays
+        on disk for the next start)."""
+        self.stop_event.set()
+        self.thread.join(OUTBOX_FLUSH_S + 5.0)
+
+
+def start_sidecar_link(settings: Settings) -> SidecarLink | None:
     if not settings.sidecar_url:
         return None
     stop = threading.Event()
-    threading.Thread(
+    thread = threading.Thread(
         target=lambda: asyncio.run(_sidecar_link(settings, stop)), name="sidecar-link", daemon=True
-    ).start()
-    return stop
+    )
+    thread.start()
+    return SidecarLink(stop, thread)
 
 
 async def _sidecar_link(settings: Settings, stop: threading.Event) -> None:
     client = SidecarClient.from_settings(settings)
     outbox = Outbox(settings.outbox_path)
+    sender = OutboxSender(outbox, client)
     try:
-        await asyncio.gather(OutboxSender(outbox, client).run(stop), _announce_worker(client, stop))
+        await asyncio.gather(sender.run(stop), _announce_worker(client, stop))
+        await sender.flush(OUTBOX_FLUSH_S)
     finally:
         await client.aclose()
         outbox.close()
@@ -180,6 +199,9 @@ def build_server(settings: Settings) -> AgentServer:
         load_fnc=load,
         load_threshold=1.0,
         port=settings.worker_http_port,
+        # SIGTERM: take no new calls, let live ones finish for this long (a second
+        # SIGTERM ends at once; livekit's cli)
+        drain_timeout=settings.drain_timeout_s,
         # livekit's /metrics: every job process's metrics (prometheus-client's
         # multiprocess mode, files under the data directory)
         prometheus_port=settings.metrics_port,

@@ -152,15 +152,15 @@ def test_the_worker_announces_itself_to_the_sidecar(engine, database_url, tmp_pa
         settings = Settings(
             sidecar_url=url, sidecar_service_token=SERVICE_TOKEN, data_dir=tmp_path / "data"
         )
-        stop = start_sidecar_link(settings)
-        assert stop is not None
+        link = start_sidecar_link(settings)
+        assert link is not None
         try:
             deadline = time.monotonic() + 10
             while resources_of(app).workers.count() < 1:
                 assert time.monotonic() < deadline, "no worker heartbeat reached the sidecar"
                 time.sleep(0.05)
         finally:
-            stop.set()
+            link.stop()
 
 
 def test_no_sidecar_link_without_a_sidecar_url():

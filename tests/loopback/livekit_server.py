@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 from google.protobuf.message import Message
 from livekit import api
-from livekit.protocol import agent_dispatch, room, sip
+from livekit.protocol import agent, agent_dispatch, models, room, sip
 
 from tests.loopback import Faults, LoopbackServer
 
@@ -74,6 +74,8 @@ class LiveKitServer(LoopbackServer):
         super().__init__(self.options)
         self.state = State()
         self.requests: list[Recorded] = []
+        self.workers_registered = 0
+        self.worker_messages: list[agent.WorkerMessage] = []
         self._ids = itertools.count(1)
         sip_methods: dict[str, tuple[type[Message], Handler]] = {
             "CreateSIPInboundTrunk": (sip.CreateSIPInboundTrunkRequest, self._create_inbound),
@@ -116,6 +118,40 @@ class LiveKitServer(LoopbackServer):
 
     def _add_routes(self, app: web.Application) -> None:
         app.router.add_post("/twirp/livekit.{service}/{method}", self._handle)
+        app.router.add_get("/agent", self._agent_socket)
+
+    async def _agent_socket(self, request: web.Request) -> web.StreamResponse:
+        """Where a worker registers (``/agent``): its register request is answered, and
+        every message it sends afterwards (status updates) is kept in
+        :attr:`worker_messages`. No job is ever offered."""
+        try:
+            api.TokenVerifier(API_KEY, API_SECRET).verify(
+                request.headers.get("Authorization", "").removeprefix("Bearer ")
+            )
+        except Exception:
+            return _twirp_error(401, "unauthenticated", "invalid token")
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self._track(ws, request)
+        try:
+            first = agent.WorkerMessage.FromString(await ws.receive_bytes())
+            if first.WhichOneof("message") != "register":
+                await ws.close()
+                return ws
+            self.workers_registered += 1
+            answer = agent.ServerMessage(
+                register=agent.RegisterWorkerResponse(
+                    worker_id=self._next_id("AW"),
+                    server_info=models.ServerInfo(version="loopback", protocol=16),
+                )
+            )
+            await ws.send_bytes(answer.SerializeToString())
+            async for msg in ws:
+                if msg.type == web.WSMsgType.BINARY:
+                    self.worker_messages.append(agent.WorkerMessage.FromString(msg.data))
+        finally:
+            self._untrack(ws, request)
+        return ws
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         name = f"{request.match_info['service']}/{request.match_info['method']}"
