@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import sys
 
 from billing.config import SidecarConfig
@@ -61,11 +62,38 @@ def sidecar_config(settings: SidecarSettings) -> SidecarConfig:
         ) from exc
 
 
+def check_can_serve(config: SidecarConfig, host: str, port: int) -> None:
+    """Raises SidecarCommandError (one line) when the port is taken or Redis cannot be
+    reached: uvicorn would log a busy port as JSON and exit 3, and an unreachable Redis
+    would only show on the first admission."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise SidecarCommandError(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}): SIDECAR_PORT is "
+                "taken; choose a free port"
+            ) from None
+    if config.redis_url is not None:
+        import redis
+
+        client = redis.Redis.from_url(config.redis_url, socket_connect_timeout=2, socket_timeout=2)
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            # never the URL: it may hold a password
+            raise SidecarCommandError(f"cannot reach Redis at REDIS_URL ({exc})") from None
+        finally:
+            client.close()
+
+
 def _serve(config: SidecarConfig, settings: SidecarSettings) -> int:
     import uvicorn
 
     from billing.api.app import create_app
 
+    check_can_serve(config, settings.sidecar_host, settings.sidecar_port)
     app = create_app(config)
     # uvicorn handles SIGTERM: stops accepting, finishes in-flight requests, runs the
     # app's shutdown (engine and Redis closed), then re-raises the signal to the handler

@@ -155,3 +155,31 @@ def test_serves_health_and_exits_0_on_sigterm(tmp_path: Path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_taken_port_is_one_line(tmp_path: Path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        env = {**sqlite_env(tmp_path), **SECRETS, "SIDECAR_PORT": str(busy.getsockname()[1])}
+        proc = run_cli("sidecar", env=env, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "SIDECAR_PORT is taken" in one_error_line(proc)
+
+
+def test_an_unreachable_redis_is_one_line_without_its_password(tmp_path: Path):
+    env = {**sqlite_env(tmp_path), **SECRETS, "SIDECAR_PORT": str(_free_port()),
+           "REDIS_URL": "redis://:hunter2-password@127.0.0.1:9/0"}  # fmt: skip
+    proc = run_cli("sidecar", env=env, cwd=tmp_path)
+    assert proc.returncode == 1
+    line = one_error_line(proc)
+    assert "cannot reach Redis at REDIS_URL" in line and "hunter2" not in line
+
+
+@pytest.mark.parametrize(
+    "url", ["not a url", "mysql://x@127.0.0.1:9/none", "sqlite:////proc/no-db-here/x.db"]
+)
+def test_a_malformed_or_unusable_database_url_is_one_line(tmp_path: Path, url: str):
+    proc = run_cli("sidecar", "migrate", env={"DATABASE_URL": url, **SECRETS}, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "DATABASE_URL" in one_error_line(proc)
