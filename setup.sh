@@ -10,6 +10,8 @@ cd "$(dirname "$0")"
 # test (and headless machines); tmux: gives the console a terminal in tests;
 # espeak-ng: phonemizer data for voices; python3.11-venv: creating .venv.
 APT_PACKAGES=(libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2-plugins tmux espeak-ng)
+# --tests (test.sh): chromium too, the headless browser the call page's tests drive
+[ "${1:-}" = "--tests" ] && APT_PACKAGES+=(chromium)
 PYTHON="${PYTHON:-python3.11}"
 
 missing=()
@@ -25,6 +27,10 @@ fi
 if ! port_open 5432 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
     && ! command -v initdb >/dev/null 2>&1; then
     missing+=(postgresql)
+fi
+# nodejs and npm build the sidecar's call page (below)
+if ! command -v npm >/dev/null 2>&1; then
+    missing+=(nodejs npm)
 fi
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
     missing+=(python3.11 python3.11-venv)
@@ -50,4 +56,15 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q --require-hashes -r requirements.lock
     echo "$want" > "$stamp"
+fi
+
+# The sidecar's /call page: livekit-client (pinned in billing/web/package-lock.json)
+# bundled with esbuild into billing/web/dist/call.js; rebuilt when its sources change.
+web=billing/web
+web_stamp=$web/dist/.sources.sha256
+web_want=$(cat $web/package-lock.json $web/src/*.js | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$web_stamp" 2>/dev/null)" != "$web_want" ]; then
+    echo "setup: building the call page (npm ci, esbuild)" >&2
+    (cd $web && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
+    echo "$web_want" > "$web_stamp"
 fi

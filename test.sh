@@ -3,7 +3,7 @@
 # check. Extra arguments go to pytest (e.g. ./test.sh -m "not slow" for the fast subset).
 set -euo pipefail
 cd "$(dirname "$0")"
-bash setup.sh
+bash setup.sh --tests
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy

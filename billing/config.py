@@ -20,6 +20,27 @@ empty ``Authorization: Bearer`` header match."""
 
 
 @dataclass(frozen=True)
+class LiveKitAccess:
+    """The LiveKit server browser users join: ``url`` as a browser reaches it (``wss://``),
+    the API key and secret tokens are signed with, and the worker's ``agent_name`` a
+    room's token dispatches."""
+
+    url: str
+    api_key: str
+    api_secret: str
+    agent_name: str = ""
+
+    def __post_init__(self) -> None:
+        if not re.match(r"^(wss?|https?)://[^\s/]+", self.url):
+            raise ValueError(f"LIVEKIT_URL must look like wss://host, got {self.url!r}")
+        if not self.api_key or len(self.api_secret) < MIN_SECRET_CHARS:
+            raise ValueError(
+                f"LIVEKIT_API_KEY and LIVEKIT_API_SECRET (at least {MIN_SECRET_CHARS} "
+                "characters) must be set with LIVEKIT_URL"
+            )
+
+
+@dataclass(frozen=True)
 class SidecarConfig:
     """What the sidecar needs to run.
 
@@ -48,6 +69,9 @@ class SidecarConfig:
     rate_limit_per_key: int = 600
     rate_limit_webhook_per_ip: int = 600
     rate_limit_window_s: float = 60.0
+    livekit: LiveKitAccess | None = None
+    """Where browser users' tokens send them (``/v1/tokens``, the ``/call`` page); None:
+    tokens answer 503."""
     lease_ttl_s: float = 30.0
     hold_queue_max: int = 10
     """Phone callers one organisation may have waiting at the concurrency limit; 0: none

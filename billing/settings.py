@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from billing.config import SidecarConfig
+from billing.config import LiveKitAccess, SidecarConfig
 
 
 class SidecarSettings(BaseSettings):
@@ -31,6 +31,13 @@ class SidecarSettings(BaseSettings):
     sidecar_rate_limit_per_key: int = Field(default=600, ge=1)
     sidecar_rate_limit_webhook_per_ip: int = Field(default=600, ge=1)
     sidecar_rate_limit_window_s: float = Field(default=60.0, gt=0)
+    livekit_url: str = ""
+    """The LiveKit server as browsers reach it (wss://...); set with the key and secret
+    to mint browser users' tokens."""
+    livekit_api_key: str = ""
+    livekit_api_secret: SecretStr = SecretStr("")
+    agent_name: str = ""
+    """The worker's AGENT_NAME, dispatched into a browser user's room."""
     hold_queue_max: int = Field(default=10, ge=0, le=1000)
     """Phone callers one organisation may have waiting when its concurrency limit is
     reached (``HOLD_QUEUE_MAX``); 0: refuse at once."""
@@ -61,4 +68,12 @@ class SidecarSettings(BaseSettings):
             rate_limit_webhook_per_ip=self.sidecar_rate_limit_webhook_per_ip,
             rate_limit_window_s=self.sidecar_rate_limit_window_s,
             hold_queue_max=self.hold_queue_max,
+            livekit=LiveKitAccess(
+                url=self.livekit_url,
+                api_key=self.livekit_api_key,
+                api_secret=self.livekit_api_secret.get_secret_value(),
+                agent_name=self.agent_name,
+            )
+            if self.livekit_url
+            else None,
         )
