@@ -196,3 +196,25 @@ def test_the_page_says_when_it_was_not_built(sidecar, monkeypatch, tmp_path):
     assert (
         page.status_code == 200 and "script-src 'self'" in page.headers["content-security-policy"]
     )
+
+
+async def test_the_sidecar_health_asks_the_livekit_api(engine, database_url, tmp_path):
+    import httpx
+
+    from tests.loopback.livekit_server import API_KEY, API_SECRET, LiveKitServer
+
+    async with LiveKitServer() as livekit:
+        good = LiveKitAccess(livekit.url, API_KEY, API_SECRET)
+        wrong = LiveKitAccess(livekit.url, API_KEY, "not-the-secret-of-32-characters!")
+        gone = LiveKitAccess(f"ws://127.0.0.1:{_unused_port()}", API_KEY, API_SECRET)
+        for access, status in ((good, "healthy"), (wrong, "unhealthy"), (gone, "unhealthy")):
+            config = make_config(database_url, tmp_path / "rec", livekit=access)
+            app = create_app(config, engine=engine)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://sidecar") as c:
+                resp = await c.get("/health")
+            body = resp.json()
+            assert resp.status_code == 200, body  # LiveKit down never takes the sidecar out
+            assert body["dependencies"]["livekit"]["status"] == status, body
+            assert body["status"] == ("healthy" if status == "healthy" else "degraded")
+        assert livekit.calls("RoomService/ListRooms")

@@ -96,6 +96,7 @@ class LiveKitServer(LoopbackServer):
             **{f"SIP/{name}": entry for name, entry in sip_methods.items()},
             "RoomService/CreateRoom": (room.CreateRoomRequest, self._create_room),
             "RoomService/DeleteRoom": (room.DeleteRoomRequest, self._delete_room),
+            "RoomService/ListRooms": (room.ListRoomsRequest, self._list_rooms),
             "AgentDispatchService/CreateDispatch": (
                 agent_dispatch.CreateAgentDispatchRequest,
                 self._create_dispatch,
@@ -304,6 +305,9 @@ class LiveKitServer(LoopbackServer):
         self.state.rooms.add(req.name)
         return room.Room(name=req.name, sid=self._next_id("RM"), metadata=req.metadata)
 
+    def _list_rooms(self, req: room.ListRoomsRequest) -> Message:
+        return room.ListRoomsResponse(rooms=[room.Room(name=n) for n in sorted(self.state.rooms)])
+
     def _delete_room(self, req: room.DeleteRoomRequest) -> Message:
         self.state.rooms.discard(req.room)
         return room.DeleteRoomResponse()
@@ -361,7 +365,9 @@ def _verify(authorization: str, method: str, message: Message) -> None:
             raise PermissionError(f"{method} needs the SIP {needed} grant")
         if name == "TransferSIPParticipant" and not claims.video.room_admin:
             raise PermissionError("a transfer needs room admin")
-    elif service == "RoomService" and not claims.video.room_create:
+    elif name == "ListRooms" and not claims.video.room_list:
+        raise PermissionError(f"{method} needs the roomList grant")
+    elif service == "RoomService" and name != "ListRooms" and not claims.video.room_create:
         raise PermissionError(f"{method} needs the roomCreate grant")
     elif service == "AgentDispatchService" and not claims.video.room_admin:
         raise PermissionError(f"{method} needs room admin")

@@ -6,15 +6,19 @@ overall status is ``unhealthy`` (HTTP 503: take this replica out of the balancer
 when the database is: without it nothing works. A Redis outage makes it ``degraded``
 (HTTP 200): admissions fail closed and rate limits fail open, but the rest of the API
 serves, and every replica shares the same Redis, so pulling them all would only turn a
-partial outage into a total one.
+partial outage into a total one. With LiveKit configured (browser users' tokens), its API
+is asked to list rooms with the sidecar's key: unreachable or refusing, ``degraded``.
+The LiveKit server's version is not reported: its API does not say it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Literal
 
+import aiohttp
 import anyio
 import anyio.to_thread
 from fastapi import APIRouter
@@ -23,6 +27,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 from billing.api.deps import Resources
+from billing.config import LiveKitAccess
 
 router = APIRouter(tags=["operations"])
 
@@ -58,6 +63,10 @@ async def health(resources: Resources) -> JSONResponse:
     dependencies = {"database": await _probe(ping_database)}
     if resources.redis is not None:
         dependencies["redis"] = await _probe(resources.redis.ping)
+    access = resources.config.livekit
+    if access is not None:
+        # the server browser users' tokens send them to: its API answers with our key
+        dependencies["livekit"] = await _probe(lambda: asyncio.run(_list_rooms(access)))
     if dependencies["database"].status == "unhealthy":
         overall: Status = "unhealthy"
     elif any(d.status != "healthy" for d in dependencies.values()):
@@ -66,6 +75,18 @@ async def health(resources: Resources) -> JSONResponse:
         overall = "healthy"
     report = HealthReport(status=overall, dependencies=dependencies)
     return JSONResponse(report.model_dump(), status_code=503 if overall == "unhealthy" else 200)
+
+
+async def _list_rooms(access: LiveKitAccess) -> None:
+    from livekit import api  # the sidecar's other commands never load livekit
+
+    lkapi = api.LiveKitAPI(
+        access.url, access.api_key, access.api_secret, timeout=aiohttp.ClientTimeout(TIMEOUT_S)
+    )
+    try:
+        await lkapi.room.list_rooms(api.ListRoomsRequest())
+    finally:
+        await lkapi.aclose()
 
 
 async def _probe(check: Callable[[], object]) -> DependencyHealth:
