@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
@@ -45,6 +46,7 @@ from agent.metering import CallMeter
 from agent.outbox import Outbox
 from agent.pipeline import build_session, build_tts, phrasebook, stage_settings
 from agent.profile import REPEAT_LINE
+from agent.recording import CallRecorder, RecordingSummary
 from agent.settings import Settings
 from agent.sidecar_client import SidecarClient
 from agent.telephony import PhoneLine
@@ -110,6 +112,9 @@ class Call:
         self._closing: asyncio.Task[None] | None = None
         self._phrases_task: asyncio.Task[None] | None = None
         self._holding: asyncio.Task[AdmissionDecision] | None = None
+        self._recorder: CallRecorder | None = None
+        self.recording: RecordingSummary | None = None
+        """The call's recording once it ended (``RECORD_CALLS``), else None."""
         self.interruptions: InterruptionPolicy | None = None
         self.keypad: DtmfCollector | None = None
         self._keypad_source: rtc.EventEmitter[Any] | None = None
@@ -189,6 +194,7 @@ class Call:
         )
         self._start_metering(session)
         self._start_lease_keeping()
+        self._start_recording()
         session.on("close", self._on_session_close)
         call_metrics.watch_session(session)
         call_metrics.call_started()
@@ -236,6 +242,8 @@ class Call:
             await _step("stop speaking", _stop_speaking(session))
             if status in ("ended", "failed"):
                 await _step("keeping the conversation", self._keep_conversation(session))
+        if self._recorder is not None:
+            await _step("sealing the recording", self._seal_recording(self._recorder))
         if self._meter is not None:
             await _step("final usage to the outbox", self._meter.close(status=status))
         if self._outbox is not None:
@@ -296,6 +304,16 @@ class Call:
             return
         self._keeper = LeaseKeeper(self._sidecar, self.identity, self.decision.lease_id)
         self._keeper_task = asyncio.create_task(self._keeper.run(), name="lease-keeper")
+
+    def _start_recording(self) -> None:
+        keyring = self._settings.recording_keyring()  # checked at start-up by the CLI
+        if keyring is None:
+            return
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", self.call_id)[:100]
+        self._recorder = CallRecorder(self._settings.recordings_dir / f"{name}.varec", keyring)
+
+    async def _seal_recording(self, recorder: CallRecorder) -> None:
+        self.recording = await asyncio.to_thread(recorder.close)
 
     def _kept_conversation(self) -> llm.ChatContext | None:
         """This caller's conversation with this agent, if it dropped in the last 5 minutes
@@ -441,19 +459,28 @@ class Call:
         session = self.session
         assert session is not None
         echo = EchoCanceller() if self._settings.echo_cancellation else None
+        # the recorder hears the line as it is (before the echo canceller)
+        taps: list[EchoCanceller | CallRecorder] = [
+            t for t in (self._recorder if agent is self.agent else None, echo) if t is not None
+        ]
         if audio_input is not None:
-            session.input.audio = echo.input(audio_input) if echo else audio_input
+            for tap in taps:
+                audio_input = tap.input(audio_input)
+            session.input.audio = audio_input
         if audio_output is not None:
-            session.output.audio = echo.output(audio_output) if echo else audio_output
+            for tap in taps:
+                audio_output = tap.output(audio_output)
+            session.output.audio = audio_output
         if observe is not None:
             observe(session)
         self.session_started_at = time.time()
         if room is not None:
             await session.start(agent=agent, room=room)
             # the room's own input and output exist once the session has joined
-            if echo is not None and session.input.audio and session.output.audio:
-                session.input.audio = echo.input(session.input.audio)
-                session.output.audio = echo.output(session.output.audio)
+            if session.input.audio and session.output.audio:
+                for tap in taps:
+                    session.input.audio = tap.input(session.input.audio)
+                    session.output.audio = tap.output(session.output.audio)
         else:
             await session.start(agent, record=False)
 

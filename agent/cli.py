@@ -228,6 +228,7 @@ def _shown_value(err: Any) -> str:
 
 
 def run_livekit(command: str, rest: list[str], settings: Settings) -> int:
+    check_recording_keys(settings)
     if command == "dev" and not settings.livekit_url:
         print(
             "no LiveKit server configured (LIVEKIT_URL is not set): running the console instead",
@@ -269,6 +270,14 @@ def run_livekit(command: str, rest: list[str], settings: Settings) -> int:
         if link is not None:
             link.stop()  # the calls have drained: deliver what they metered
     return 0
+
+
+def check_recording_keys(settings: Settings) -> None:
+    """Raises StartupError when RECORD_CALLS is on without usable keys."""
+    try:
+        settings.recording_keyring()
+    except ValueError as exc:
+        raise StartupError(f"call recordings: {exc}") from None
 
 
 def check_port_free(port: int, setting: str) -> None:
@@ -371,6 +380,7 @@ def run_simulate(args: argparse.Namespace, settings: Settings) -> int:
             raise StartupError(f"output path is a directory: {target}")
 
     settings = with_profile(settings, args.agent)
+    check_recording_keys(settings)
     if args.sidecar:
         settings = settings.model_copy(update={"sidecar_url": args.sidecar})
     profile = local_profile(args.agent) if args.agent else None
@@ -416,6 +426,8 @@ def run_simulate(args: argparse.Namespace, settings: Settings) -> int:
             f"call {report.call_id}: {report.admission}, "
             f"{report.billing_events_pending} billing event(s) not yet delivered"
         )
+    if report.recording:
+        print(f"recording (encrypted): {report.recording}")
     for err in report.errors:
         print(f"  error: {err}")
     return 0 if not report.errors else 1

@@ -9,10 +9,13 @@ them at loopback servers).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from storage.recording_files import Keyring
 
 
 class Settings(BaseSettings):
@@ -132,6 +135,15 @@ class Settings(BaseSettings):
     """livekit's own worker endpoint (``/``: registered with the server, ``/worker``); the
     health check reads it."""
 
+    record_calls: bool = False
+    """Record every admitted call (caller and agent on two channels, encrypted; see
+    README, 'Call recordings'). Needs RECORDING_KEYS and RECORDING_KEY_ID."""
+    recording_keys: dict[str, SecretStr] = {}
+    """Key id -> base64 of 32 random bytes (``openssl rand -base64 32``); old ids stay so
+    old recordings stay readable."""
+    recording_key_id: str = ""
+    """The key new recordings are sealed with."""
+
     drain_timeout_s: int = Field(default=600, ge=0)
     """On SIGTERM (``start``): how long live calls may go on before the worker exits
     anyway; 0 waits for them however long. A second SIGTERM exits at once."""
@@ -141,6 +153,25 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] | None = None
     """None: the command's own (JSON for ``start``, text for ``console``, ``dev`` and
     ``simulate``)."""
+
+    def recording_keyring(self) -> Keyring | None:
+        """The keys to seal recordings with when ``record_calls`` is on (else None).
+        Raises ValueError naming the setting (never a key)."""
+        if not self.record_calls:
+            return None
+        from storage.recording_files import Keyring
+
+        if not self.recording_keys or not self.recording_key_id:
+            raise ValueError("RECORD_CALLS needs RECORDING_KEYS and RECORDING_KEY_ID")
+        return Keyring.from_settings(
+            {k: v.get_secret_value() for k, v in self.recording_keys.items()},
+            self.recording_key_id,
+        )
+
+    @property
+    def recordings_dir(self) -> Path:
+        """Where the worker writes recordings until the sidecar has them."""
+        return self.data_dir / "recordings" / "pending"
 
     @property
     def outbox_path(self) -> Path:

@@ -91,6 +91,8 @@ class CallReport:
     """Provider fallbacks during the call: stage, provider, reason, unix time."""
     errors: list[str] = field(default_factory=list)
     usage: UsageTotals = field(default_factory=UsageTotals)
+    recording: str | None = None
+    """The call's encrypted recording (``RECORD_CALLS``), where the worker left it."""
 
     def median_latency_s(self) -> float | None:
         values = [
@@ -218,6 +220,7 @@ async def simulate_call(
         admission=decision.status,
         refusal_reason=decision.reason,
         status=call.status,
+        recording=str(call.recording.path) if call.recording else None,
     )
     collector.fill(report, t0)
     report.fallback_events = [event.as_dict() for event in fallbacks]
