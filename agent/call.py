@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
@@ -46,7 +45,7 @@ from agent.metering import CallMeter
 from agent.outbox import Outbox
 from agent.pipeline import build_session, build_tts, phrasebook, stage_settings
 from agent.profile import REPEAT_LINE
-from agent.recording import CallRecorder, RecordingSummary
+from agent.recording import CallRecorder, RecordingSummary, recording_path
 from agent.settings import Settings
 from agent.sidecar_client import SidecarClient
 from agent.telephony import PhoneLine
@@ -309,8 +308,10 @@ class Call:
         keyring = self._settings.recording_keyring()  # checked at start-up by the CLI
         if keyring is None:
             return
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", self.call_id)[:100]
-        self._recorder = CallRecorder(self._settings.recordings_dir / f"{name}.varec", keyring)
+        path = recording_path(
+            self._settings.recordings_dir, self.decision.organisation_id, self.call_id
+        )
+        self._recorder = CallRecorder(path, keyring)
 
     async def _seal_recording(self, recorder: CallRecorder) -> None:
         self.recording = await asyncio.to_thread(recorder.close)

@@ -15,7 +15,10 @@ Memory is bounded: the queue holds at most one reply's audio; the file is writte
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,7 @@ import soxr
 from livekit import rtc
 from livekit.agents.voice.io import AudioInput, AudioOutput, AudioOutputCapabilities
 
+from agent.sidecar_client import SidecarClient, SidecarUnavailable
 from storage.recording_files import Keyring, RecordingWriter
 
 log = logging.getLogger("agent.recording")
@@ -33,6 +37,59 @@ CHANNELS = 2  # caller, agent
 MAX_QUEUED_S = 120.0
 """The most agent audio held ahead of the caller's clock (a reply longer than this is
 cut in the recording, never in the call)."""
+
+
+UNMETERED = "local"
+"""The organisation part of the file name of a call nobody is billed for: kept here."""
+
+
+def recording_path(directory: Path, organisation_id: int | None, call_id: str) -> Path:
+    """``<organisation>--<call>.varec``: what the uploader needs to know, in the name."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", call_id)[:64]
+    return directory / f"{organisation_id or UNMETERED}--{name}.varec"
+
+
+class RecordingUploader:
+    """Hands the worker's sealed recordings to the sidecar (from the worker's link thread,
+    with the outbox): a stored file is deleted here; one the sidecar refuses for good is
+    moved to ``rejected/`` and logged; anything else is tried again next round."""
+
+    def __init__(self, directory: Path, client: SidecarClient) -> None:
+        self._dir = directory
+        self._client = client
+
+    async def upload_ready(self) -> int:
+        """One round; how many were stored."""
+        stored = 0
+        for path in sorted(self._dir.glob("*--*.varec")):
+            org, _, call_id = path.stem.partition("--")
+            if not org.isdigit():
+                continue  # unmetered: nobody to hand it to
+            try:
+                status = await self._client.put_recording(int(org), call_id, path)
+            except SidecarUnavailable as exc:
+                log.warning("recording upload failed; retrying", extra={"error": str(exc)})
+                return stored
+            if status == 201:
+                path.unlink(missing_ok=True)
+                stored += 1
+            else:
+                rejected = self._dir / "rejected"
+                rejected.mkdir(exist_ok=True)
+                path.replace(rejected / path.name)
+                log.error(
+                    "the sidecar refused a recording; kept aside",
+                    extra={"status": status, "file": path.name},
+                )
+        return stored
+
+    async def run(self, stop: threading.Event, *, every_s: float = 5.0) -> None:
+        while not stop.is_set():
+            try:
+                await self.upload_ready()
+            except Exception:
+                log.exception("recording upload round failed")
+            await asyncio.to_thread(stop.wait, every_s)
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,10 @@ agent profiles, billing events, worker heartbeats), speaking the contract in
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import TypeVar
 
 import httpx
@@ -28,9 +30,12 @@ from billing.internal_api import (
     agent_profile_path,
     lease_heartbeat_path,
     lease_path,
+    recording_upload_path,
 )
 
 log = logging.getLogger("agent.sidecar_client")
+
+RECORDING_UPLOAD_TIMEOUT_S = 300.0
 
 
 class SidecarUnavailable(Exception):
@@ -115,6 +120,29 @@ class SidecarClient:
 
     async def release(self, lease_id: str) -> None:
         await self._request("DELETE", lease_path(lease_id))
+
+    async def put_recording(self, organisation_id: int, call_id: str, path: Path) -> int:
+        """Upload a call's sealed recording, streamed from disk; the HTTP status (201:
+        stored; 422: refused for good). Raises SidecarUnavailable when no answer came."""
+
+        async def pieces() -> AsyncIterator[bytes]:
+            f = await asyncio.to_thread(path.open, "rb")
+            try:
+                while piece := await asyncio.to_thread(f.read, 1 << 20):
+                    yield piece
+            finally:
+                f.close()
+
+        resp = await self._request(
+            "PUT",
+            recording_upload_path(organisation_id, call_id),
+            content=pieces(),
+            headers={"Content-Type": "application/octet-stream"},
+            timeout=RECORDING_UPLOAD_TIMEOUT_S,
+        )
+        if resp.status_code >= 500 or resp.status_code in (401, 429):
+            raise SidecarUnavailable(f"recording upload answered {resp.status_code}")
+        return resp.status_code
 
     async def leave_queue(self, call_id: str, organisation_id: int) -> None:
         """A queued caller stopped waiting. Raises SidecarUnavailable."""

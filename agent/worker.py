@@ -29,6 +29,7 @@ from agent.logs import call_id_var
 from agent.outbox import Outbox, OutboxSender
 from agent.pipeline import build_tts, load_vad, phrasebook
 from agent.profile import ProfileStore, local_profile
+from agent.recording import RecordingUploader
 from agent.settings import Settings
 from agent.sidecar_client import SidecarClient, SidecarUnavailable, configured_sidecar
 from agent.telephony import PhoneLine, SipCaller, sip_breaker
@@ -166,9 +167,11 @@ async def _sidecar_link(settings: Settings, stop: threading.Event) -> None:
     client = SidecarClient.from_settings(settings)
     outbox = Outbox(settings.outbox_path)
     sender = OutboxSender(outbox, client)
+    uploader = RecordingUploader(settings.recordings_dir, client)
     try:
-        await asyncio.gather(sender.run(stop), _announce_worker(client, stop))
+        await asyncio.gather(sender.run(stop), _announce_worker(client, stop), uploader.run(stop))
         await sender.flush(OUTBOX_FLUSH_S)
+        await uploader.upload_ready()
     finally:
         await client.aclose()
         outbox.close()

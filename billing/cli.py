@@ -5,6 +5,7 @@ here loads livekit."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import signal
 import socket
@@ -24,6 +25,10 @@ def add_commands(sub: argparse._SubParsersAction, parser_class: type) -> None:  
     commands = sidecar.add_subparsers(dest="sidecar_command", parser_class=parser_class)
     commands.add_parser("serve", help="serve the API (the default)")
     commands.add_parser("migrate", help="apply database migrations and exit")
+    commands.add_parser(
+        "rotate-recording-key",
+        help="re-seal every recording under RECORDING_KEY_ID (keep the old keys until done)",
+    )
     boot = commands.add_parser("bootstrap", help="create an organisation and its admin key")
     boot.add_argument("--org", required=True, help="organisation name")
     boot.add_argument("--admin-email", required=True)
@@ -37,7 +42,7 @@ def run(args: argparse.Namespace, settings: SidecarSettings) -> int:
     from storage.migrate import upgrade
 
     command = args.sidecar_command or "serve"
-    config = sidecar_config(settings) if command == "serve" else None
+    config = sidecar_config(settings) if command in ("serve", "rotate-recording-key") else None
     try:
         upgrade(settings.database_url)
     except Exception as exc:  # any driver error: the operator needs the URL and the cause
@@ -48,6 +53,9 @@ def run(args: argparse.Namespace, settings: SidecarSettings) -> int:
         return 0
     if command == "bootstrap":
         return _bootstrap(args, settings)
+    if command == "rotate-recording-key":
+        assert config is not None
+        return _rotate_recording_key(config)
     assert config is not None  # built above for "serve"
     return _serve(config, settings)
 
@@ -107,6 +115,57 @@ def _serve(config: SidecarConfig, settings: SidecarSettings) -> int:
         timeout_graceful_shutdown=30,
     )
     return 0
+
+
+def _rotate_recording_key(config: SidecarConfig) -> int:
+    """Re-seal each stored recording that is under another key, one file at a time (a
+    file is replaced only once its new copy is whole; running again finishes the job)."""
+    from sqlmodel import col, select
+
+    from storage.db import make_engine, session_scope
+    from storage.models import Recording
+    from storage.recording_files import RecordingError, reseal
+
+    keyring = config.recording_keyring
+    if keyring is None:
+        raise SidecarCommandError("rotate-recording-key needs RECORDING_KEYS and RECORDING_KEY_ID")
+    counts = {"resealed": 0, "current": 0, "failed": 0}
+    engine = make_engine(config.database_url)
+    try:
+        with session_scope(engine) as session:
+            rows = session.exec(
+                select(Recording).where(
+                    col(Recording.key_id).is_not(None), col(Recording.deleted_at).is_(None)
+                )
+            ).all()
+            for recording in rows:
+                if recording.key_id == keyring.current:
+                    counts["current"] += 1
+                    continue
+                path = config.recordings_dir / recording.path
+                try:
+                    reseal(path, keyring)
+                except (RecordingError, OSError) as exc:
+                    counts["failed"] += 1
+                    logging.getLogger(__name__).error(
+                        "recording not re-sealed",
+                        extra={"recording_id": recording.id, "error": str(exc)},
+                    )
+                    continue
+                recording.key_id = keyring.current
+                recording.size_bytes = path.stat().st_size
+                with path.open("rb") as f:
+                    recording.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+                session.add(recording)
+                session.commit()
+                counts["resealed"] += 1
+    finally:
+        engine.dispose()
+    print(
+        f"{counts['resealed']} recording(s) re-sealed under {keyring.current}, "
+        f"{counts['current']} already were, {counts['failed']} failed"
+    )
+    return 1 if counts["failed"] else 0
 
 
 def _bootstrap(args: argparse.Namespace, settings: SidecarSettings) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from billing.webhooks import PROVIDER_PATTERN
+from storage.recording_files import Keyring
 
 MIN_SECRET_CHARS = 16
 """Shared secrets shorter than this are refused: an empty service token would make every
@@ -69,6 +70,10 @@ class SidecarConfig:
     rate_limit_per_key: int = 600
     rate_limit_webhook_per_ip: int = 600
     rate_limit_window_s: float = 60.0
+    recording_keyring: Keyring | None = None
+    """Opens call recordings (checks uploads, decrypts downloads, re-seals on rotation);
+    None: recordings are refused."""
+    max_recording_bytes: int = 2 * 1024**3
     livekit: LiveKitAccess | None = None
     """Where browser users' tokens send them (``/v1/tokens``, the ``/call`` page); None:
     tokens answer 503."""

@@ -27,6 +27,14 @@ from storage.models import RowId, UsageKind
 ADMISSIONS_PATH = "/internal/admissions"
 BILLING_EVENTS_PATH = "/internal/billing-events"
 WORKER_HEARTBEAT_PATH = "/internal/workers/heartbeat"
+RECORDINGS_UPLOAD_PATH = "/internal/recordings/"
+
+
+def recording_upload_path(organisation_id: int, call_id: str) -> str:
+    """Where a worker puts a call's sealed recording (``PUT``, the file as the body)."""
+    return f"{RECORDINGS_UPLOAD_PATH}{organisation_id}/{call_id}"
+
+
 MAX_EVENTS_PER_BATCH = 500
 
 

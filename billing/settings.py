@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from billing.config import LiveKitAccess, SidecarConfig
+from storage.recording_files import Keyring
 
 
 class SidecarSettings(BaseSettings):
@@ -38,6 +39,10 @@ class SidecarSettings(BaseSettings):
     livekit_api_secret: SecretStr = SecretStr("")
     agent_name: str = ""
     """The worker's AGENT_NAME, dispatched into a browser user's room."""
+    recording_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    """Key id -> base64 of 32 bytes: the same keys as the workers' (README, 'Call
+    recordings')."""
+    recording_key_id: str = ""
     hold_queue_max: int = Field(default=10, ge=0, le=1000)
     """Phone callers one organisation may have waiting when its concurrency limit is
     reached (``HOLD_QUEUE_MAX``); 0: refuse at once."""
@@ -68,6 +73,12 @@ class SidecarSettings(BaseSettings):
             rate_limit_webhook_per_ip=self.sidecar_rate_limit_webhook_per_ip,
             rate_limit_window_s=self.sidecar_rate_limit_window_s,
             hold_queue_max=self.hold_queue_max,
+            recording_keyring=Keyring.from_settings(
+                {k: v.get_secret_value() for k, v in self.recording_keys.items()},
+                self.recording_key_id,
+            )
+            if self.recording_keys
+            else None,
             livekit=LiveKitAccess(
                 url=self.livekit_url,
                 api_key=self.livekit_api_key,

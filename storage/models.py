@@ -207,6 +207,12 @@ class Recording(SQLModel, table=True):
     path: str = Field(max_length=500)
     size_bytes: int = Quantity()
     sha256: str = Field(max_length=64)
+    key_id: str | None = Field(default=None, max_length=64)
+    """The recording key the file is sealed with (storage.recording_files); None: the
+    file is stored as it came."""
+    sample_rate: int | None = None
+    channels: int | None = None
+    duration_s: float | None = None
     created_at: datetime = Field(default_factory=utcnow)
     deleted_at: datetime | None = None
 

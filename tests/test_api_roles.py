@@ -64,6 +64,7 @@ MATRIX: list[tuple[str, str, dict[str, Any] | None, int, int, int]] = [
     ("GET",    "/v1/recordings/{other_recording}/download", None,                 200,  404,  403),
     ("DELETE", "/v1/recordings/{own_recording}",            None,                 204,  204,  403),
     ("DELETE", "/v1/recordings/{other_recording}",          None,                 204,  404,  403),
+    ("POST",   "/v1/tokens",                                {"agent_id": 2**30},  404,  404,  404),
 ]
 # fmt: on
 
@@ -78,6 +79,11 @@ NOT_KEYED = {
     ("POST", "/internal/billing-events"): "service token (test_api_internal)",
     ("POST", "/internal/workers/heartbeat"): "service token (test_api_internal)",
     ("GET", "/internal/agents/{}/profile"): "service token (test_api_agent_profiles)",
+    ("POST", "/internal/admissions/queue/leave"): "service token (test_api_internal)",
+    ("PUT", "/internal/recordings/{}/{}"): "service token (test_recording)",
+    ("GET", "/call"): "public: the page asks for a key (test_call_page)",
+    ("GET", "/call/call.js"): "public (test_call_page)",
+    ("GET", "/call/call.css"): "public (test_call_page)",
     ("GET", "/health"): "public",
     ("GET", "/metrics"): "public",
 }

@@ -27,8 +27,10 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from billing.api.app import create_app
+from billing.config import LiveKitAccess
 from storage.db import make_engine
 from storage.models import Role
+from storage.recording_files import Keyring
 from tests.api_client import SERVICE_HEADERS, Seeder, make_config
 
 MAX_EXAMPLES = int(os.environ.get("SCHEMA_FUZZ_EXAMPLES", "25"))
@@ -56,6 +58,9 @@ def fuzz_target(
         shared_database_url,
         tmp_path_factory.mktemp("fuzz-recordings"),
         rate_limit_webhook_per_ip=1_000_000,
+        # every route configured, so each is fuzzed on its real path (not its 503)
+        recording_keyring=Keyring({"fuzz": b"k" * 32}, "fuzz"),
+        livekit=LiveKitAccess("ws://127.0.0.1:9", "fuzz-key", "fuzz-secret-of-32-characters!!!"),
     )
     seed = Seeder(engine, config.recordings_dir)
     org = seed.organisation()

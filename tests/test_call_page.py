@@ -78,8 +78,9 @@ def test_tokens_are_refused_clearly(sidecar, engine, database_url, tmp_path):
     for bad in ({}, {"agent_id": 0}, {"agent_id": "x"}, {"agent_id": 1, "identity": "a b"}):
         assert post(bad, member.headers).status_code == 422, bad
     # a sidecar without LiveKit settings says which
+    mine = seed.agent(org, member.user_id)
     with serving(create_app(make_config(database_url, tmp_path / "r2"), engine=engine)) as bare:
-        resp = httpx.post(f"{bare}/v1/tokens", json={"agent_id": 1}, headers=member.headers)
+        resp = httpx.post(f"{bare}/v1/tokens", json={"agent_id": mine}, headers=member.headers)
     assert resp.status_code == 503 and "LIVEKIT_URL" in resp.json()["detail"]
 
 

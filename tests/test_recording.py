@@ -9,6 +9,7 @@ playback times; the two agree)."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 from pathlib import Path
 
@@ -183,3 +184,122 @@ def test_recording_without_usable_keys_stops_simulate_with_one_line(
                  "--end", "1"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 1 and complaint in err and base64.b64encode(KEY).decode() not in err
+
+
+# -- to the sidecar and back ---------------------------------------------------------------
+
+
+def _sealed(directory: Path, org: int, call_id: str, pcm: bytes, ring: Keyring = RING) -> Path:
+    from agent.recording import recording_path
+    from storage.recording_files import RecordingWriter
+
+    path = recording_path(directory, org, call_id)
+    writer = RecordingWriter(path, ring, sample_rate=RATE, channels=2)
+    writer.write(pcm)
+    writer.close()
+    return path
+
+
+async def test_the_worker_hands_recordings_to_the_sidecar_which_serves_them_as_wav(
+    engine, database_url, tmp_path
+):
+    import io
+    import wave
+
+    import httpx
+
+    from agent.recording import RecordingUploader
+    from agent.sidecar_client import SidecarClient
+    from billing.api.app import create_app
+    from storage.models import Recording, Role
+    from tests.api_client import SERVICE_TOKEN, Seeder, make_config, serving
+
+    rec_dir = tmp_path / "sidecar-recordings"
+    seed = Seeder(engine, rec_dir)
+    org = seed.organisation()
+    admin = seed.member(org, Role.admin)
+    pending = tmp_path / "pending"
+    pcm = np.arange(-8000, 8000, dtype=np.int16).tobytes() * 3
+    _sealed(pending, org, "call-A1", pcm)
+    tampered = _sealed(pending, org, "call-B2", pcm)
+    data = bytearray(tampered.read_bytes())
+    data[100] ^= 1
+    tampered.write_bytes(bytes(data))
+    _sealed(pending, None, "call-local", pcm)  # unmetered: stays here
+
+    config = make_config(database_url, rec_dir, recording_keyring=RING)
+    with serving(create_app(config, engine=engine)) as url:
+        client = SidecarClient(url, SERVICE_TOKEN)
+        assert await RecordingUploader(pending, client).upload_ready() == 1
+        await client.aclose()
+        [row] = seed_rows(engine, Recording)
+        assert (row.call_id, row.key_id, row.channels) == ("call-A1", "r1", 2)
+        assert row.duration_s == pytest.approx(len(pcm) / 4 / RATE, abs=0.001)
+        assert sorted(p.name for p in pending.iterdir()) == ["local--call-local.varec", "rejected"]
+        assert [p.name for p in (pending / "rejected").iterdir()] == [f"{org}--call-B2.varec"]
+        assert b"\x00\x01" * 10 not in (rec_dir / row.path).read_bytes()  # sealed at rest
+
+        async with httpx.AsyncClient(base_url=url) as http:
+            resp = await http.get(f"/v1/recordings/{row.id}/download", headers=admin.headers)
+            assert resp.status_code == 200 and resp.headers["content-type"] == "audio/wav"
+            with wave.open(io.BytesIO(resp.content)) as w:
+                assert (w.getnchannels(), w.getframerate()) == (2, RATE)
+                assert w.readframes(10**7) == pcm
+
+            # a wrong token, a bad call id, a file that is not sealed are refused
+            bearer = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
+            path = f"/internal/recordings/{org}"
+            assert (await http.put(f"{path}/call-A1", content=pcm)).status_code == 401
+            bad_id = await http.put(f"{path}/bad%20id", content=pcm, headers=bearer)
+            assert bad_id.status_code == 422
+            refused = await http.put(f"{path}/call-C3", content=pcm, headers=bearer)
+            assert refused.status_code == 422 and "VAREC1" in refused.json()["detail"]
+        assert not list((rec_dir / ".incoming").iterdir())  # nothing half-kept
+
+
+def seed_rows(engine, model):  # type: ignore[no-untyped-def]
+    from sqlmodel import Session, select
+
+    with Session(engine) as session:
+        return list(session.exec(select(model)).all())
+
+
+def test_rotating_the_key_reseals_stored_recordings(engine, database_url, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from billing.api.app import create_app
+    from storage.models import Recording
+    from tests.api_client import SERVICE_TOKEN, make_config
+    from tests.test_sidecar_cli import REPO
+
+    rec_dir = tmp_path / "data" / "recordings"
+    new_key = os.urandom(32)
+    pcm = os.urandom(5000)
+    _sealed(rec_dir / "1", 1, "x", pcm)  # a file as the worker left it, moved in place
+    from sqlmodel import Session
+
+    create_app(make_config(database_url, rec_dir), engine=engine)  # the schema is there
+    with Session(engine) as session:
+        from tests.billing_seed import seed_org
+
+        org, _, _ = seed_org(session, admins=0)
+        session.add(Recording(organisation_id=org.id, call_id="x", path="1/1--x.varec",
+                              size_bytes=1, sha256="0" * 64, key_id="r1"))  # fmt: skip
+        session.commit()
+    keys = {"r1": base64.b64encode(KEY).decode(), "r2": base64.b64encode(new_key).decode()}
+    env = {"DATABASE_URL": database_url, "DATA_DIR": str(tmp_path / "data"),
+           "SIDECAR_SERVICE_TOKEN": SERVICE_TOKEN, "RECORDING_KEYS": json.dumps(keys),
+           "RECORDING_KEY_ID": "r2", "PATH": "/usr/bin:/bin"}  # fmt: skip
+    run = lambda: subprocess.run(  # noqa: E731
+        [sys.executable, str(REPO / "agent.py"), "sidecar", "rotate-recording-key"],
+        capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    first = run()
+    assert first.returncode == 0, first.stderr
+    assert "1 recording(s) re-sealed under r2, 0 already were, 0 failed" in first.stdout
+    assert "0 recording(s) re-sealed under r2, 1 already were" in run().stdout
+    _, chunks = open_recording(rec_dir / "1" / "1--x.varec", Keyring({"r2": new_key}, "r2"))
+    assert b"".join(chunks) == pcm
+    [row] = seed_rows(engine, Recording)
+    assert row.key_id == "r2" and row.sha256 != "0" * 64

@@ -40,6 +40,7 @@ from billing.api.routes import (
     workers,
 )
 from billing.config import SidecarConfig
+from billing.internal_api import RECORDINGS_UPLOAD_PATH
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ ROUTERS = (
     audit_log.router,
     notifications.router,
     recordings.router,
+    recordings.internal_router,
     payments.router,
     admissions.router,
     billing_events.router,
@@ -99,7 +101,11 @@ def create_app(config: SidecarConfig, *, engine: Engine | None = None) -> FastAP
     # any route work, and innermost an unhandled error becomes a JSON 500 that all the
     # others still see
     app.add_middleware(UnhandledErrorMiddleware)
-    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_body_bytes=config.max_body_bytes,
+        larger={RECORDINGS_UPLOAD_PATH: config.max_recording_bytes},
+    )
     app.add_middleware(RateLimitMiddleware, limits=resources.rate_limits, config=config)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(RequestMetricsMiddleware, metrics=resources.metrics)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 
 import anyio.to_thread
 from starlette.datastructures import Headers, MutableHeaders
@@ -191,20 +192,32 @@ class BodySizeLimitMiddleware:
     middleware, so its 413 would miss the security headers and the request metrics.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        *,
+        larger: Mapping[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self._larger = dict(larger or {})
+        """Path prefix -> its own limit (recording uploads)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = next(
+            (n for prefix, n in self._larger.items() if scope["path"].startswith(prefix)),
+            self.max_body_bytes,
+        )
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and not declared.isdigit():
             await error_response(400, "invalid Content-Length header")(scope, receive, send)
             return
-        if declared is not None and int(declared) > self.max_body_bytes:
-            await self._refuse(scope, receive, send)
+        if declared is not None and int(declared) > limit:
+            await self._refuse(scope, receive, send, limit)
             return
         received = 0
         response_started = False
@@ -214,8 +227,8 @@ class BodySizeLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise HTTPException(413, self._message())
+                if received > limit:
+                    raise HTTPException(413, self._message(limit))
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -229,10 +242,10 @@ class BodySizeLimitMiddleware:
             # read outside a route (no exception handler on the way): answer here
             if exc.status_code != 413 or response_started:
                 raise
-            await self._refuse(scope, receive, send)
+            await self._refuse(scope, receive, send, limit)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await error_response(413, self._message())(scope, receive, send)
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        await error_response(413, self._message(limit))(scope, receive, send)
 
-    def _message(self) -> str:
-        return f"request body larger than {self.max_body_bytes} bytes"
+    def _message(self, limit: int) -> str:
+        return f"request body larger than {limit} bytes"

@@ -4,22 +4,54 @@ reporting data)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path as FilePath
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
-from fastapi.responses import FileResponse
+import anyio
+import anyio.to_thread
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from billing.api.audit_trail import audit
-from billing.api.deps import AgentEditor, DbSession, Limit, Offset, Principal, Resources
-from billing.api.errors import COMMON_RESPONSES, NOT_FOUND, NotFound
+from billing.api.deps import (
+    AgentEditor,
+    DbSession,
+    Limit,
+    Offset,
+    Principal,
+    Resources,
+    ServiceCaller,
+)
+from billing.api.errors import (
+    COMMON_RESPONSES,
+    NOT_FOUND,
+    ErrorBody,
+    NotFound,
+    ServiceUnavailable,
+    Unprocessable,
+    ValidationErrorBody,
+)
+from billing.api.resources import SidecarResources
 from billing.config import SidecarConfig
+from billing.internal_api import RECORDINGS_UPLOAD_PATH
 from storage.models import Agent, Call, Recording, Role, RowId, utcnow
+from storage.recording_files import (
+    Keyring,
+    RecordingError,
+    RecordingInfo,
+    open_recording,
+    pcm_length,
+    wav_header,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +65,114 @@ class RecordingOut(BaseModel):
     call_id: str
     size_bytes: int
     sha256: str
+    duration_s: float | None
+    channels: int | None
+    """2 for a call recorded by the worker: the caller left, the agent right."""
     created_at: datetime
+
+
+internal_router = APIRouter(
+    prefix=RECORDINGS_UPLOAD_PATH.rstrip("/"),
+    tags=["internal"],
+    dependencies=[ServiceCaller],
+    responses={401: {"model": ErrorBody}},
+)
+CallIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
+class RecordingStored(BaseModel):
+    id: int
+    duration_s: float
+
+
+@internal_router.put(
+    "/{organisation_id}/{call_id}",
+    response_model=RecordingStored,
+    status_code=201,
+    responses={
+        413: {"model": ErrorBody, "description": "larger than the sidecar keeps"},
+        422: {
+            "model": ErrorBody | ValidationErrorBody,
+            "description": "not a whole recording sealed with a known key (ErrorBody), or "
+            "a malformed organisation or call id (ValidationErrorBody)",
+        },
+        503: {"model": ErrorBody, "description": "no recording keys on this sidecar"},
+    },
+    summary="Store a call's sealed recording (a worker)",
+)
+async def store_recording(
+    organisation_id: RowId, call_id: CallIdPath, request: Request, resources: Resources
+) -> RecordingStored:
+    """The body is the ``.varec`` file the worker wrote, streamed to disk, then opened
+    whole with the sidecar's keys (a file cut short or changed is refused, and nothing is
+    kept). Storing the same call again replaces it."""
+    keyring = resources.config.recording_keyring
+    if keyring is None:
+        raise ServiceUnavailable("this sidecar has no RECORDING_KEYS", reason="no_recording_keys")
+    root = resources.config.recordings_dir
+    incoming = root / ".incoming" / f"{organisation_id}-{call_id}-{uuid.uuid4().hex[:8]}"
+    incoming.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    try:
+        async with await anyio.open_file(incoming, "wb") as f:
+            async for piece in request.stream():
+                digest.update(piece)
+                await f.write(piece)
+        info, pcm_bytes = await anyio.to_thread.run_sync(_check_sealed, incoming, keyring)
+        final = root / str(organisation_id) / f"{call_id}.varec"
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(incoming, final)
+    finally:
+        incoming.unlink(missing_ok=True)
+    duration_s = round(pcm_bytes / (info.sample_rate * info.channels * 2), 3)
+    fields: dict[str, Any] = {
+        "path": str(final.relative_to(root)),
+        "size_bytes": final.stat().st_size,
+        "sha256": digest.hexdigest(),
+        "key_id": info.key_id,
+        "sample_rate": info.sample_rate,
+        "channels": info.channels,
+        "duration_s": duration_s,
+    }
+    recording_id = await anyio.to_thread.run_sync(
+        _upsert_recording, resources, organisation_id, call_id, fields
+    )
+    logger.info(
+        "recording stored",
+        extra={
+            "recording_id": recording_id,
+            "call_id": call_id,
+            "duration_s": duration_s,
+        },
+    )
+    return RecordingStored(id=recording_id, duration_s=duration_s)
+
+
+def _check_sealed(path: FilePath, keyring: Keyring) -> tuple[RecordingInfo, int]:
+    try:
+        info, chunks = open_recording(path, keyring)
+        return info, sum(len(chunk) for chunk in chunks)
+    except RecordingError as exc:
+        raise Unprocessable(f"recording refused: {exc}", reason="recording_refused") from None
+
+
+def _upsert_recording(
+    resources: SidecarResources, organisation_id: int, call_id: str, fields: dict[str, Any]
+) -> int:
+    with Session(resources.engine) as session:
+        recording = session.exec(
+            select(Recording).where(
+                Recording.organisation_id == organisation_id,
+                Recording.call_id == call_id,
+                col(Recording.deleted_at).is_(None),
+            )
+        ).first() or Recording(organisation_id=organisation_id, call_id=call_id, **fields)
+        for name, value in fields.items():
+            setattr(recording, name, value)
+        session.add(recording)
+        session.commit()
+        assert recording.id is not None
+        return recording.id
 
 
 @router.get("", response_model=list[RecordingOut], summary="List recordings, newest first")
@@ -59,8 +198,10 @@ def list_recordings(
 )
 def download_recording(
     recording_id: RecordingId, principal: AgentEditor, session: DbSession, resources: Resources
-) -> FileResponse:
-    """The stored file as it is, streamed."""
+) -> Response:
+    """A sealed call recording as a WAV file (decrypted as it streams; a file that fails
+    to open is a 500 and an error in the log, never audio that is not what was
+    recorded); a file stored as it came, as it is."""
     recording = _get_recording(session, principal, recording_id)
     path = _file_path(resources.config, recording)
     if not path.is_file():
@@ -69,6 +210,8 @@ def download_recording(
     logger.info(
         "recording downloaded", extra={"recording_id": recording.id, "actor": principal.actor}
     )
+    if recording.key_id is not None:
+        return _decrypted_wav(resources.config, path, recording)
     return FileResponse(
         path,
         media_type="application/octet-stream",
@@ -103,6 +246,42 @@ def delete_recording(
     path.unlink(missing_ok=True)
     session.commit()
     return Response(status_code=204)
+
+
+def _decrypted_wav(config: SidecarConfig, path: FilePath, recording: Recording) -> Response:
+    keyring = config.recording_keyring
+    if keyring is None:
+        raise ServiceUnavailable("this sidecar has no RECORDING_KEYS", reason="no_recording_keys")
+    try:
+        info, chunks = open_recording(path, keyring)
+        pcm_bytes = pcm_length(path)
+    except RecordingError as exc:
+        logger.error(
+            "recording does not open", extra={"recording_id": recording.id, "error": str(exc)}
+        )
+        raise ServiceUnavailable(
+            "the recording cannot be opened", reason="recording_unreadable"
+        ) from None
+
+    def body() -> Iterator[bytes]:
+        yield wav_header(pcm_bytes, info.sample_rate, info.channels)
+        try:
+            yield from chunks
+        except RecordingError as exc:  # found mid-file: the client sees a cut download
+            logger.error(
+                "recording failed mid-download",
+                extra={"recording_id": recording.id, "error": str(exc)},
+            )
+            raise
+
+    return StreamingResponse(
+        body(),
+        media_type="audio/wav",
+        headers={
+            "Content-Disposition": f'attachment; filename="recording-{recording.id}.wav"',
+            "Content-Length": str(44 + pcm_bytes),
+        },
+    )
 
 
 def _visible_recordings(principal: Principal) -> SelectOfScalar[Recording]:

@@ -53,6 +53,9 @@ class TokenOut(BaseModel):
 def create_token(
     body: TokenIn, principal: AnyMember, session: DbSession, resources: Resources
 ) -> TokenOut:
+    agent = session.get(Agent, body.agent_id)
+    if agent is None or agent.organisation_id != principal.organisation_id:
+        raise NotFound("no such agent")
     access = resources.config.livekit
     if access is None:
         raise ServiceUnavailable(
@@ -60,9 +63,6 @@ def create_token(
             "LIVEKIT_API_SECRET",
             reason="livekit_not_configured",
         )
-    agent = session.get(Agent, body.agent_id)
-    if agent is None or agent.organisation_id != principal.organisation_id:
-        raise NotFound("no such agent")
     # imported here: the sidecar's other commands never load livekit
     from livekit import api
 
