@@ -25,6 +25,7 @@ def add_commands(sub: argparse._SubParsersAction, parser_class: type) -> None:  
     commands = sidecar.add_subparsers(dest="sidecar_command", parser_class=parser_class)
     commands.add_parser("serve", help="serve the API (the default)")
     commands.add_parser("migrate", help="apply database migrations and exit")
+    commands.add_parser("purge-expired", help="delete recordings past their retention, once")
     commands.add_parser(
         "rotate-recording-key",
         help="re-seal every recording under RECORDING_KEY_ID (keep the old keys until done)",
@@ -53,6 +54,8 @@ def run(args: argparse.Namespace, settings: SidecarSettings) -> int:
         return 0
     if command == "bootstrap":
         return _bootstrap(args, settings)
+    if command == "purge-expired":
+        return _purge_expired(settings)
     if command == "rotate-recording-key":
         assert config is not None
         return _rotate_recording_key(config)
@@ -114,6 +117,19 @@ def _serve(config: SidecarConfig, settings: SidecarSettings) -> int:
         log_config=None,
         timeout_graceful_shutdown=30,
     )
+    return 0
+
+
+def _purge_expired(settings: SidecarSettings) -> int:
+    from billing.retention import purge_expired_recordings
+    from storage.db import make_engine
+
+    engine = make_engine(settings.database_url)
+    try:
+        deleted = purge_expired_recordings(engine, settings.data_dir / "recordings")
+    finally:
+        engine.dispose()
+    print(f"{sum(deleted.values())} expired recording(s) deleted in {len(deleted)} organisation(s)")
     return 0
 
 

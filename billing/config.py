@@ -74,6 +74,9 @@ class SidecarConfig:
     """Opens call recordings (checks uploads, decrypts downloads, re-seals on rotation);
     None: recordings are refused."""
     max_recording_bytes: int = 2 * 1024**3
+    retention_sweep_s: float | None = 3600.0
+    """How often the serving sidecar deletes recordings past their retention; None:
+    never (``sidecar purge-expired`` does it once)."""
     livekit: LiveKitAccess | None = None
     """Where browser users' tokens send them (``/v1/tokens``, the ``/call`` page); None:
     tokens answer 503."""

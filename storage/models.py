@@ -83,6 +83,8 @@ class Organisation(SQLModel, table=True):
     currency: str = Field(max_length=3)
     balance_minor: int = Money(0)
     """Prepaid balance: payments add, billing events subtract."""
+    recording_retention_days: int | None = None
+    """Recordings older than this are deleted by the retention sweep; None keeps them."""
     created_at: datetime = Field(default_factory=utcnow)
 
 

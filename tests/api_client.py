@@ -66,6 +66,7 @@ def make_config(database_url: str, recordings_dir: Path, **overrides: Any) -> Si
         recordings_dir=recordings_dir,
         rate_limit_per_ip=1_000_000,
         rate_limit_per_key=1_000_000,
+        retention_sweep_s=None,  # a test sweeps when it means to (test_retention)
     )
     return replace(config, **overrides)
 

@@ -27,11 +27,13 @@ NEW_AGENT_WITH_TOOLS = {"name": "Front desk", "tools": ["lookup_account"]}
 RENAME = {"name": "Renamed"}
 TOOLS = {"tools": ["lookup_account"]}
 EMPTY: dict[str, Any] = {}
+RETAIN_30 = {"recording_retention_days": 30}
 
 # fmt: off
 MATRIX: list[tuple[str, str, dict[str, Any] | None, int, int, int]] = [
     # method   path                                         body                  admin agent viewer
     ("GET",    "/v1/organisation",                          None,                 200,  403,  200),
+    ("PATCH",  "/v1/organisation",                          RETAIN_30,            200,  403,  403),
     ("GET",    "/v1/users",                                 None,                 200,  403,  403),
     ("POST",   "/v1/users",                                 NEW_USER,             201,  403,  403),
     ("PATCH",  "/v1/users/{other_user}",                    TO_VIEWER,            200,  403,  403),
@@ -55,6 +57,7 @@ MATRIX: list[tuple[str, str, dict[str, Any] | None, int, int, int]] = [
     ("GET",    "/v1/calls",                                 None,                 200,  200,  200),
     ("GET",    "/v1/calls/{own_call}",                      None,                 200,  200,  200),
     ("GET",    "/v1/calls/{other_call}",                    None,                 200,  404,  200),
+    ("POST",   "/v1/calls/{own_call}/erase",                None,                 200,  403,  403),
     ("GET",    "/v1/usage",                                 None,                 200,  403,  200),
     ("GET",    "/v1/balance",                               None,                 200,  403,  200),
     ("GET",    "/v1/audit-log",                             None,                 200,  403,  403),

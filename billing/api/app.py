@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +19,7 @@ from billing.api.middleware import (
     SecurityHeadersMiddleware,
     UnhandledErrorMiddleware,
 )
-from billing.api.resources import attach_resources, build_resources
+from billing.api.resources import SidecarResources, attach_resources, build_resources
 from billing.api.routes import (
     admissions,
     agents,
@@ -41,6 +42,7 @@ from billing.api.routes import (
 )
 from billing.config import SidecarConfig
 from billing.internal_api import RECORDINGS_UPLOAD_PATH
+from billing.retention import purge_expired_recordings
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +81,15 @@ def create_app(config: SidecarConfig, *, engine: Engine | None = None) -> FastAP
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        every_s = resources.config.retention_sweep_s
+        sweeping = (
+            asyncio.create_task(_sweep_recordings(resources, every_s), name="retention")
+            if every_s
+            else None
+        )
         yield
+        if sweeping is not None:
+            sweeping.cancel()
         logger.info("sidecar shutting down")
         # blocking: waits briefly for notifications in flight, closes pools
         await anyio.to_thread.run_sync(resources.close)
@@ -110,3 +120,15 @@ def create_app(config: SidecarConfig, *, engine: Engine | None = None) -> FastAP
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(RequestMetricsMiddleware, metrics=resources.metrics)
     return app
+
+
+async def _sweep_recordings(resources: SidecarResources, every_s: float) -> None:
+    """The retention sweep (billing.retention), hourly while the sidecar serves."""
+    while True:
+        try:
+            await anyio.to_thread.run_sync(
+                purge_expired_recordings, resources.engine, resources.config.recordings_dir
+            )
+        except Exception:  # a database blip: the next sweep tries again
+            logger.exception("retention sweep failed")
+        await asyncio.sleep(every_s)

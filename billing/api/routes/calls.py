@@ -10,8 +10,9 @@ from pydantic import BaseModel
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from billing.api.deps import AnyMember, DbSession, Limit, Offset, Principal
+from billing.api.deps import Admin, AnyMember, DbSession, Limit, Offset, Principal, Resources
 from billing.api.errors import COMMON_RESPONSES, NOT_FOUND, NotFound
+from billing.retention import erase_call
 from storage.models import Agent, Call, Role, RowId
 
 router = APIRouter(prefix="/v1/calls", tags=["calls"], responses=COMMON_RESPONSES)
@@ -58,6 +59,38 @@ def list_calls(
 @router.get("/{call_id}", response_model=CallOut, responses=NOT_FOUND, summary="Get a call")
 def get_call(call_id: CallId, principal: AnyMember, session: DbSession) -> Call:
     return get_visible_call(session, principal, call_id)
+
+
+class ErasureOut(BaseModel):
+    call_id: str
+    recordings_deleted: int
+    files_deleted: int
+    caller_number_removed: bool
+
+
+@router.post(
+    "/{call_id}/erase",
+    response_model=ErasureOut,
+    responses=NOT_FOUND,
+    summary="Erase a call's recordings and caller number",
+)
+def erase_call_data(
+    call_id: CallId, principal: Admin, session: DbSession, resources: Resources
+) -> ErasureOut:
+    """Deletes the call's recordings (files and rows) and the caller's masked number on
+    its row, and says what was removed; what the call cost stays in the ledger. Erasing
+    again removes nothing more and says so."""
+    report = erase_call(
+        session,
+        resources.config.recordings_dir,
+        principal.organisation_id,
+        call_id,
+        principal.actor,
+    )
+    if report is None:
+        raise NotFound(f"call {call_id} not found")
+    session.commit()
+    return ErasureOut.model_validate(report, from_attributes=True)
 
 
 def visible_calls(principal: Principal) -> SelectOfScalar[Call]:

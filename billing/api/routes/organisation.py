@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from fastapi import APIRouter
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from billing.api.deps import BillingReader, DbSession
+from billing.api.audit_trail import audit
+from billing.api.deps import Admin, BillingReader, DbSession
 from billing.api.errors import COMMON_RESPONSES, NotFound
 from billing.ledger import balance_minor
 from storage.models import Organisation, Plan
@@ -36,6 +37,13 @@ class OrganisationOut(BaseModel):
     created_at: datetime
     plan: PlanOut
     balance_minor: int
+    recording_retention_days: int | None
+    """Recordings older than this are deleted; null keeps them."""
+
+
+class OrganisationPatch(BaseModel):
+    recording_retention_days: int | None = Field(ge=1, le=3650)
+    """Days a call recording is kept (1-3650); null keeps them until deleted."""
 
 
 @router.get("", response_model=OrganisationOut, summary="Your organisation, plan and balance")
@@ -52,4 +60,22 @@ def get_organisation(principal: BillingReader, session: DbSession) -> Organisati
         created_at=organisation.created_at,
         plan=PlanOut.model_validate(plan, from_attributes=True),
         balance_minor=amount_minor,
+        recording_retention_days=organisation.recording_retention_days,
     )
+
+
+@router.patch("", response_model=OrganisationOut, summary="Change your organisation's policies")
+def patch_organisation(
+    body: OrganisationPatch, principal: Admin, session: DbSession
+) -> OrganisationOut:
+    """Sets how long recordings are kept: the sidecar's hourly sweep deletes older ones
+    (with an audit entry)."""
+    organisation = session.get(Organisation, principal.organisation_id)
+    if organisation is None:
+        raise NotFound("organisation not found")
+    organisation.recording_retention_days = body.recording_retention_days
+    session.add(organisation)
+    audit(session, principal, "organisation.changed", f"organisation:{organisation.id}",
+          recording_retention_days=body.recording_retention_days)  # fmt: skip
+    session.commit()
+    return get_organisation(principal, session)
