@@ -75,6 +75,8 @@ def test_a_call_that_can_hold_is_queued_with_202_and_can_leave(shared_sidecar: S
     queued = client.post("/internal/admissions", json=body, headers=SERVICE_HEADERS)
     assert queued.status_code == 202, queued.text
     assert queued.json()["position"] == 0 and queued.json()["reason"] == "queued"
+    scraped = client.get("/metrics").text
+    assert 'sidecar_admissions_queued_total{at_head="true"}' in scraped
     leave = {"call_id": "waiting", "organisation_id": org}
     for _ in range(2):  # idempotent
         left = client.post("/internal/admissions/queue/leave", json=leave, headers=SERVICE_HEADERS)

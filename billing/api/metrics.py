@@ -119,6 +119,13 @@ class SidecarMetrics:
             ["reason"],
             registry=registry,
         )
+        self.admissions_queued = Counter(
+            "sidecar_admissions_queued",
+            "Admission answers that put or kept a phone caller on hold (202), by whether the "
+            "caller was at the head of the queue.",
+            ["at_head"],
+            registry=registry,
+        )
         self.leases = GrantedLeases(lease_ttl_s)
         self.leases_active = Gauge(
             "sidecar_leases_active",

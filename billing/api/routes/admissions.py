@@ -69,6 +69,7 @@ def admit(body: AdmissionIn, resources: Resources) -> AdmissionOut | JSONRespons
         resources.metrics.leases.granted(decision.lease_id)
         return out
     if decision.queued:
+        resources.metrics.admissions_queued.labels(str(decision.position == 0).lower()).inc()
         return JSONResponse(out.model_dump(), status_code=202)
     resources.metrics.quota_rejections.labels(decision.reason or "unknown").inc()
     return JSONResponse(out.model_dump(), status_code=409)
