@@ -51,6 +51,7 @@ from agent.sidecar_client import SidecarClient
 from agent.telephony import PhoneLine
 from agent.tools import CallTools, ProfileAgent
 from billing.agent_profile import AgentProfile
+from billing.internal_api import caller_number_hash
 from billing.pricing import CallFacts
 from plugins.confidence_gate import ConfidenceGate
 
@@ -87,6 +88,10 @@ class Call:
         self._vad = vad_model
         self._sidecar = sidecar
         self.caller_number_masked = mask_phone(caller_number) if caller_number else None
+        secret = settings.caller_id_secret.get_secret_value()
+        self.caller_number_hash = (
+            caller_number_hash(secret, caller_number) if caller_number and secret else None
+        )
         self.sip_call_id = sip_call_id
         self.direction = direction
         """A phone call's (the call row's); None for a browser or simulated call."""
@@ -138,6 +143,7 @@ class Call:
             started_at=self.started_at,
             caller_number_masked=self.caller_number_masked,
             dialled_number=self.identity.dialled_number,
+            caller_number_hash=self.caller_number_hash,
             sip_call_id=self.sip_call_id,
             direction=self.direction,
         )

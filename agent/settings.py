@@ -135,6 +135,10 @@ class Settings(BaseSettings):
     """livekit's own worker endpoint (``/``: registered with the server, ``/worker``); the
     health check reads it."""
 
+    caller_id_secret: SecretStr = SecretStr("")
+    """Shared with the sidecar (16+ characters): a call row keeps an HMAC of the caller's
+    number under it, so the organisation can have a number's calls erased. Unset: it
+    cannot (the row holds only the masked number)."""
     record_calls: bool = False
     """Record every admitted call (caller and agent on two channels, encrypted; see
     README, 'Call recordings'). Needs RECORDING_KEYS and RECORDING_KEY_ID."""

@@ -70,6 +70,9 @@ class SidecarConfig:
     rate_limit_per_key: int = 600
     rate_limit_webhook_per_ip: int = 600
     rate_limit_window_s: float = 60.0
+    caller_id_secret: str | None = None
+    """Shared with the workers: erasure by caller number (billing.retention) finds calls
+    by an HMAC of the number under it; None: it cannot."""
     recording_keyring: Keyring | None = None
     """Opens call recordings (checks uploads, decrypts downloads, re-seals on rotation);
     None: recordings are refused."""

@@ -8,6 +8,9 @@ Every ``/internal`` request carries ``Authorization: Bearer <SIDECAR_SERVICE_TOK
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -44,6 +47,14 @@ def agent_profile_path(agent_id: int | str) -> str:
 
 
 QUEUE_LEAVE_PATH = f"{ADMISSIONS_PATH}/queue/leave"
+
+
+def caller_number_hash(secret: str, number: str) -> str:
+    """What the worker stores instead of a caller's number so erasure by number can find
+    the calls (the sidecar computes the same from the number in the request): HMAC-SHA256
+    of the number's digits under ``CALLER_ID_SECRET``, which both sides share."""
+    digits = re.sub(r"\D", "", number)
+    return hmac.new(secret.encode(), digits.encode(), hashlib.sha256).hexdigest()
 
 
 def lease_path(lease_id: str) -> str:
@@ -117,6 +128,7 @@ class CallFactsIn(BaseModel):
     caller_number_masked: str | None = Field(default=None, pattern=_MASKED_OR_E164)
     """Masked by the worker (``+*******4567``); the sidecar never sees a caller's number."""
     dialled_number: str | None = Field(default=None, pattern=r"^\+?[0-9]{1,31}$")
+    caller_number_hash: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     sip_call_id: str | None = Field(default=None, min_length=1, max_length=64)
     direction: Literal["inbound", "outbound"] | None = None
     ended_at: AwareDatetime | None = None
@@ -140,6 +152,7 @@ class CallFactsIn(BaseModel):
                 "started_at": at(facts.started_at),
                 "caller_number_masked": facts.caller_number_masked,
                 "dialled_number": facts.dialled_number,
+                "caller_number_hash": facts.caller_number_hash,
                 "sip_call_id": facts.sip_call_id,
                 "direction": facts.direction,
                 "ended_at": at(facts.ended_at),
@@ -152,6 +165,7 @@ class CallFactsIn(BaseModel):
             started_at=self.started_at.timestamp(),
             caller_number_masked=self.caller_number_masked,
             dialled_number=self.dialled_number,
+            caller_number_hash=self.caller_number_hash,
             sip_call_id=self.sip_call_id,
             direction=self.direction,
             ended_at=self.ended_at.timestamp() if self.ended_at else None,

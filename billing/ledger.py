@@ -383,6 +383,7 @@ def _call_row(
             "started_at": datetime.now(UTC),
             "caller_number_masked": None,
             "dialled_number": None,
+            "caller_number_hash": None,
             "sip_call_id": None,
             "direction": None,
             "ended_at": None,
@@ -392,6 +393,7 @@ def _call_row(
             "started_at": datetime.fromtimestamp(facts.started_at, UTC),
             "caller_number_masked": facts.caller_number_masked,
             "dialled_number": facts.dialled_number,
+            "caller_number_hash": facts.caller_number_hash,
             "sip_call_id": facts.sip_call_id, "direction": facts.direction,
             "ended_at": _utc(facts.ended_at)}  # fmt: skip
 
@@ -421,6 +423,10 @@ def _record_call_ends(session: Session, facts: dict[str, CallFacts], calls: dict
             dialled_number=func.coalesce(
                 table.c.dialled_number, bindparam("dialled", type_=table.c.dialled_number.type)
             ),
+            caller_number_hash=func.coalesce(
+                table.c.caller_number_hash,
+                bindparam("caller_hash", type_=table.c.caller_number_hash.type),
+            ),
             sip_call_id=func.coalesce(
                 table.c.sip_call_id, bindparam("sip_call_id", type_=table.c.sip_call_id.type)
             ),
@@ -438,6 +444,7 @@ def _record_call_ends(session: Session, facts: dict[str, CallFacts], calls: dict
                 "org_id": calls[call_id],
                 "caller": call.caller_number_masked,
                 "dialled": call.dialled_number,
+                "caller_hash": call.caller_number_hash,
                 "sip_call_id": call.sip_call_id,
                 "direction": call.direction,
                 "ended_at": _utc(call.ended_at),

@@ -77,6 +77,8 @@ class CallFacts:
     started_at: float
     caller_number_masked: str | None = None
     dialled_number: str | None = None
+    caller_number_hash: str | None = None
+    """HMAC of the caller's number under CALLER_ID_SECRET (never the number)."""
     sip_call_id: str | None = None
     direction: str | None = None
     """``inbound`` or ``outbound`` (a phone call), else None."""

@@ -103,6 +103,40 @@ def purge_expired_recordings(
     return deleted
 
 
+@dataclass(frozen=True)
+class NumberErasureReport:
+    calls_erased: int
+    recordings_deleted: int
+    files_deleted: int
+
+
+def erase_caller_number(
+    session: Session,
+    recordings_dir: Path,
+    organisation_id: int,
+    number_hash: str,
+    actor: str,
+) -> NumberErasureReport:
+    """Erase every call of the organisation from the number whose HMAC is
+    ``number_hash``. The caller commits."""
+    call_ids = session.exec(
+        select(Call.id).where(
+            Call.organisation_id == organisation_id, Call.caller_number_hash == number_hash
+        )
+    ).all()
+    recordings = files = 0
+    for call_id in call_ids:
+        report = erase_call(session, recordings_dir, organisation_id, call_id, actor)
+        assert report is not None
+        recordings += report.recordings_deleted
+        files += report.files_deleted
+        call = session.get(Call, call_id)
+        if call is not None:
+            call.caller_number_hash = None  # found once: nothing left to find it by
+            session.add(call)
+    return NumberErasureReport(len(call_ids), recordings, files)
+
+
 def erase_call(
     session: Session, recordings_dir: Path, organisation_id: int, call_id: str, actor: str
 ) -> ErasureReport | None:

@@ -39,6 +39,8 @@ class SidecarSettings(BaseSettings):
     livekit_api_secret: SecretStr = SecretStr("")
     agent_name: str = ""
     """The worker's AGENT_NAME, dispatched into a browser user's room."""
+    caller_id_secret: SecretStr = SecretStr("")
+    """The workers' CALLER_ID_SECRET: erasure by caller number needs it."""
     recording_keys: dict[str, SecretStr] = Field(default_factory=dict)
     """Key id -> base64 of 32 bytes: the same keys as the workers' (README, 'Call
     recordings')."""
@@ -73,6 +75,7 @@ class SidecarSettings(BaseSettings):
             rate_limit_webhook_per_ip=self.sidecar_rate_limit_webhook_per_ip,
             rate_limit_window_s=self.sidecar_rate_limit_window_s,
             hold_queue_max=self.hold_queue_max,
+            caller_id_secret=self.caller_id_secret.get_secret_value() or None,
             recording_keyring=Keyring.from_settings(
                 {k: v.get_secret_value() for k, v in self.recording_keys.items()},
                 self.recording_key_id,

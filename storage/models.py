@@ -146,6 +146,9 @@ class Call(SQLModel, table=True):
     agent_id: int | None = Field(default=None, foreign_key="agents.id")
     caller_number_masked: str | None = Field(default=None, max_length=32)
     dialled_number: str | None = Field(default=None, max_length=32)
+    caller_number_hash: str | None = Field(default=None, max_length=64, index=True)
+    """HMAC of the caller's number (billing.internal_api.caller_number_hash): erasure by
+    number finds the call; the number is never stored."""
     sip_call_id: str | None = Field(default=None, max_length=64)
     """The SIP service's call id (``sip.callID``), to find the call in trunk logs."""
     direction: str | None = Field(default=None, max_length=8)

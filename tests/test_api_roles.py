@@ -28,6 +28,7 @@ RENAME = {"name": "Renamed"}
 TOOLS = {"tools": ["lookup_account"]}
 EMPTY: dict[str, Any] = {}
 RETAIN_30 = {"recording_retention_days": 30}
+A_NUMBER = {"number": "+15550100999"}  # the shared sidecar has no CALLER_ID_SECRET: 503
 
 # fmt: off
 MATRIX: list[tuple[str, str, dict[str, Any] | None, int, int, int]] = [
@@ -67,6 +68,7 @@ MATRIX: list[tuple[str, str, dict[str, Any] | None, int, int, int]] = [
     ("GET",    "/v1/recordings/{other_recording}/download", None,                 200,  404,  403),
     ("DELETE", "/v1/recordings/{own_recording}",            None,                 204,  204,  403),
     ("DELETE", "/v1/recordings/{other_recording}",          None,                 204,  404,  403),
+    ("POST",   "/v1/erasures/caller-number",                A_NUMBER,             503,  403,  403),
     ("POST",   "/v1/tokens",                                {"agent_id": 2**30},  404,  404,  404),
 ]
 # fmt: on

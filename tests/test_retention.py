@@ -180,3 +180,84 @@ async def test_the_serving_sidecar_sweeps_by_itself(engine, database_url, tmp_pa
                 break
             await asyncio.sleep(0.05)
     assert seed.get(Recording, old).deleted_at is not None
+
+
+def test_a_callers_number_erases_all_its_calls_and_nothing_else(engine, database_url, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from billing.api.app import create_app
+    from billing.internal_api import caller_number_hash
+    from tests.api_client import Seeder, make_config
+
+    secret = "caller-id-secret-0123456789"
+    config = make_config(database_url, tmp_path / "rec", caller_id_secret=secret)
+    seed = Seeder(engine, config.recordings_dir)
+    org, other = seed.organisation(), seed.organisation()
+    admin, viewer = seed.member(org, Role.admin), seed.member(org, Role.viewer)
+    theirs = caller_number_hash(secret, "+15557654321")
+    calls = {name: seed.call(o, None) for name, o in
+             (("a", org), ("b", org), ("someone_else", org), ("other_org", other))}  # fmt: skip
+    with Session(engine) as session:
+        for name, call_id in calls.items():
+            row = session.get(Call, call_id)
+            assert row is not None
+            row.caller_number_hash = (
+                caller_number_hash(secret, "+15550000000") if name == "someone_else" else theirs
+            )
+            row.caller_number_masked = "+*******4321"
+            session.add(row)
+        session.commit()
+    for call_id in calls.values():
+        seed.recording(org if call_id != calls["other_org"] else other, call_id)
+
+    with TestClient(create_app(config, engine=engine)) as client:
+        post = lambda body, who: client.post(  # noqa: E731
+            "/v1/erasures/caller-number", json=body, headers=who.headers
+        )
+        assert post({"number": "+15557654321"}, viewer).status_code == 403
+        for bad in ({"number": "5557654321"}, {"number": "+1 555"}, {}):
+            assert post(bad, admin).status_code == 422
+        resp = post({"number": "+15557654321"}, admin)
+        assert resp.status_code == 200
+        assert resp.json() == {"calls_erased": 2, "recordings_deleted": 2, "files_deleted": 2}
+        again = post({"number": "+15557654321"}, admin).json()
+        assert again["calls_erased"] == 0
+    left = {r.call_id for r in seed_rows_engine(engine, Recording)}
+    assert left == {calls["someone_else"], calls["other_org"]}
+    for name in ("a", "b"):
+        row = seed.get(Call, calls[name])
+        assert row.caller_number_masked is None and row.caller_number_hash is None
+    assert seed.get(Call, calls["other_org"]).caller_number_hash == theirs
+
+    bare = make_config(database_url, tmp_path / "rec")
+    with TestClient(create_app(bare, engine=engine)) as client:
+        resp = client.post("/v1/erasures/caller-number", json={"number": "+15557654321"},
+                           headers=admin.headers)  # fmt: skip
+        assert resp.status_code == 503 and "CALLER_ID_SECRET" in resp.json()["detail"]
+
+
+def seed_rows_engine(engine, model):  # type: ignore[no-untyped-def]
+    with Session(engine) as session:
+        return list(session.exec(select(model)).all())
+
+
+def test_the_worker_keeps_an_hmac_of_the_callers_number_never_the_number(tmp_path):
+    from agent.admission import AdmissionDecision, CallIdentity
+    from agent.call import Call as LiveCall
+    from agent.profile import builtin_profile
+    from agent.settings import Settings
+    from billing.internal_api import caller_number_hash
+
+    def facts(secret: str):  # type: ignore[no-untyped-def]
+        settings = Settings(_env_file=None, data_dir=tmp_path, caller_id_secret=secret)  # type: ignore[call-arg]
+        call = LiveCall(CallIdentity("c", 1, None, None), AdmissionDecision(status="unleased"),
+                        builtin_profile(), settings=settings, vad_model=None,  # type: ignore[arg-type]
+                        caller_number="+15557654321")  # fmt: skip
+        return call.facts()
+
+    with_secret = facts("caller-id-secret-0123456789")
+    assert with_secret.caller_number_hash == caller_number_hash(
+        "caller-id-secret-0123456789", "+1 (555) 765-4321"
+    )
+    assert "7654321" not in repr(with_secret)
+    assert facts("").caller_number_hash is None
