@@ -227,11 +227,13 @@ async def place_call(
     breaker = breaker or sip_breaker(settings)
     room_name = f"call-out-{uuid.uuid4().hex[:12]}"
     identity = f"sip-out-{uuid.uuid4().hex[:8]}"
-    metadata = {"dialled_number": number, "direction": "outbound"}
+    # no "dialled_number": admission reads that as the number a caller dialled to reach
+    # an agent (and its per-number limit); the callee is the SIP participant's own number
+    metadata: dict[str, object] = {"direction": "outbound"}
     if agent_id is not None:
-        metadata["agent_id"] = agent_id  # type: ignore[assignment]
+        metadata["agent_id"] = agent_id
     if organisation_id is not None:
-        metadata["organisation_id"] = organisation_id  # type: ignore[assignment]
+        metadata["organisation_id"] = organisation_id
     await _guarded(
         breaker,
         "dispatch",

@@ -165,7 +165,6 @@ async def test_dialling_out_dispatches_the_agent_then_dials_into_its_room(lkapi,
     [dispatch] = livekit_server.calls("AgentDispatchService/CreateDispatch")
     assert dispatch.agent_name == "voice-agent" and dispatch.room == placed.room_name
     assert json.loads(dispatch.metadata) == {
-        "dialled_number": "+15557654321",
         "direction": "outbound",
         "agent_id": 7,
         "organisation_id": 3,
