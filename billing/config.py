@@ -15,6 +15,7 @@ from types import MappingProxyType
 from billing.webhooks import PROVIDER_PATTERN
 from storage.recording_files import Keyring
 
+LIVEKIT_MIN_SECRET_CHARS = 32
 MIN_SECRET_CHARS = 16
 """Shared secrets shorter than this are refused: an empty service token would make every
 empty ``Authorization: Bearer`` header match."""
@@ -34,10 +35,10 @@ class LiveKitAccess:
     def __post_init__(self) -> None:
         if not re.match(r"^(wss?|https?)://[^\s/]+", self.url):
             raise ValueError(f"LIVEKIT_URL must look like wss://host, got {self.url!r}")
-        if not self.api_key or len(self.api_secret) < MIN_SECRET_CHARS:
+        if not self.api_key or len(self.api_secret) < LIVEKIT_MIN_SECRET_CHARS:
             raise ValueError(
-                f"LIVEKIT_API_KEY and LIVEKIT_API_SECRET (at least {MIN_SECRET_CHARS} "
-                "characters) must be set with LIVEKIT_URL"
+                f"LIVEKIT_API_KEY and LIVEKIT_API_SECRET (at least {LIVEKIT_MIN_SECRET_CHARS} "
+                "characters, as LiveKit's server requires) must be set with LIVEKIT_URL"
             )
 
 

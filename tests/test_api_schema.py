@@ -60,7 +60,9 @@ def fuzz_target(
         rate_limit_webhook_per_ip=1_000_000,
         # every route configured, so each is fuzzed on its real path (not its 503)
         recording_keyring=Keyring({"fuzz": b"k" * 32}, "fuzz"),
-        livekit=LiveKitAccess("ws://127.0.0.1:9", "fuzz-key", "fuzz-secret-of-32-characters!!!"),
+        livekit=LiveKitAccess(
+            "ws://127.0.0.1:9", "fuzz-key", "fuzz-secret-of-at-least-32-characters"
+        ),
     )
     seed = Seeder(engine, config.recordings_dir)
     org = seed.organisation()

@@ -90,6 +90,7 @@ def test_tokens_are_refused_clearly(sidecar, engine, database_url, tmp_path):
         ("localhost:7880", "k", "s" * 32, "LIVEKIT_URL"),
         ("wss://lk.example.com", "", "s" * 32, "LIVEKIT_API_KEY"),
         ("wss://lk.example.com", "k", "short", "LIVEKIT_API_SECRET"),
+        ("wss://lk.example.com", "k", "s" * 31, "at least 32"),
     ],
 )
 def test_malformed_livekit_settings_are_refused(url, key, secret, complaint):
