@@ -26,6 +26,12 @@ def add_commands(sub: argparse._SubParsersAction, parser_class: type) -> None:  
     commands.add_parser("serve", help="serve the API (the default)")
     commands.add_parser("migrate", help="apply database migrations and exit")
     commands.add_parser("purge-expired", help="delete recordings past their retention, once")
+    erase = commands.add_parser(
+        "erase-organisation",
+        help="delete an organisation and everything it has here (files and every row)",
+    )
+    erase.add_argument("--id", required=True, type=int, help="the organisation's id")
+    erase.add_argument("--confirm", required=True, help="the organisation's exact name")
     commands.add_parser(
         "rotate-recording-key",
         help="re-seal every recording under RECORDING_KEY_ID (keep the old keys until done)",
@@ -56,6 +62,8 @@ def run(args: argparse.Namespace, settings: SidecarSettings) -> int:
         return _bootstrap(args, settings)
     if command == "purge-expired":
         return _purge_expired(settings)
+    if command == "erase-organisation":
+        return _erase_organisation(args, settings)
     if command == "rotate-recording-key":
         assert config is not None
         return _rotate_recording_key(config)
@@ -117,6 +125,32 @@ def _serve(config: SidecarConfig, settings: SidecarSettings) -> int:
         log_config=None,
         timeout_graceful_shutdown=30,
     )
+    return 0
+
+
+def _erase_organisation(args: argparse.Namespace, settings: SidecarSettings) -> int:
+    from sqlmodel import col, select
+
+    from billing.retention import erase_organisation
+    from storage.db import make_engine
+    from storage.models import Organisation
+
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.connect() as connection:
+            name = connection.execute(
+                select(Organisation.name).where(col(Organisation.id) == args.id)
+            ).scalar()
+        if name is None:
+            raise SidecarCommandError(f"no organisation {args.id}")
+        if name != args.confirm:
+            raise SidecarCommandError(
+                f"--confirm must be the organisation's exact name ({name!r}); nothing was deleted"
+            )
+        removed = erase_organisation(engine, settings.data_dir / "recordings", args.id)
+    finally:
+        engine.dispose()
+    print(", ".join(f"{count} {what}" for what, count in removed.items()))
     return 0
 
 

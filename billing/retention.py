@@ -19,13 +19,27 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine
-from sqlmodel import Session, col, select
+from sqlalchemy import CursorResult, Engine, delete
+from sqlmodel import Session, SQLModel, col, select
 
 from billing.audit import record_audit
 from storage.db import session_scope
-from storage.models import Call, Organisation, Recording, utcnow
+from storage.models import (
+    Agent,
+    ApiKey,
+    AuditLog,
+    BillingEvent,
+    Call,
+    Notification,
+    Organisation,
+    Payment,
+    Recording,
+    UsageRecord,
+    User,
+    utcnow,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +149,51 @@ def erase_caller_number(
             call.caller_number_hash = None  # found once: nothing left to find it by
             session.add(call)
     return NumberErasureReport(len(call_ids), recordings, files)
+
+
+ORGANISATION_TABLES: tuple[type[SQLModel], ...] = (
+    Recording,
+    UsageRecord,
+    BillingEvent,
+    Payment,
+    Notification,
+    AuditLog,
+    Call,
+    ApiKey,
+    Agent,
+    User,
+)
+"""An organisation's rows, in an order that deletes each before what it points to."""
+
+
+def erase_organisation(
+    engine: Engine, recordings_dir: Path, organisation_id: int
+) -> dict[str, int]:
+    """Everything the organisation has here: its recordings' files, then every row of it
+    (calls, usage, billing and payment history, notifications, audit log, keys, agents,
+    users, the organisation), in one transaction. Rows deleted per table; raises
+    LookupError for an unknown organisation. Its plan stays (plans may be shared)."""
+    removed: dict[str, int] = {}
+    with session_scope(engine) as session:
+        if session.get(Organisation, organisation_id) is None:
+            raise LookupError(f"no organisation {organisation_id}")
+        recordings = list(
+            session.exec(select(Recording).where(Recording.organisation_id == organisation_id))
+        )
+        removed["recording files"] = _delete_files(recordings_dir, recordings)
+        for table in ORGANISATION_TABLES:
+            column = table.organisation_id  # type: ignore[attr-defined]
+            result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+                delete(table).where(column == organisation_id)
+            )
+            removed[str(table.__tablename__)] = int(result.rowcount or 0)
+        result = session.execute(  # type: ignore[assignment]
+            delete(Organisation).where(col(Organisation.id) == organisation_id)
+        )
+        removed["organisations"] = int(result.rowcount or 0)
+    counts = {what.replace(" ", "_"): n for what, n in removed.items()}
+    logger.warning("organisation erased", extra={"organisation_id": organisation_id, **counts})
+    return removed
 
 
 def erase_call(

@@ -261,3 +261,66 @@ def test_the_worker_keeps_an_hmac_of_the_callers_number_never_the_number(tmp_pat
     )
     assert "7654321" not in repr(with_secret)
     assert facts("").caller_number_hash is None
+
+
+def test_erasing_an_organisation_leaves_nothing_of_it_and_everything_of_the_others(
+    engine, database_url, tmp_path
+):
+    from billing.audit import record_audit
+    from storage.db import make_engine
+    from storage.models import Agent, ApiKey, User
+    from tests.api_client import Seeder
+
+    rec_dir = tmp_path / "data" / "recordings"
+    seed = Seeder(engine, rec_dir)
+    gone, stays = seed.organisation(), seed.organisation()
+    files = {}
+    for org in (gone, stays):
+        member = seed.member(org, Role.admin)
+        agent = seed.agent(org, member.user_id)
+        call = seed.call(org, agent)
+        files[org] = rec_dir / seed.get(Recording, seed.recording(org, call)).path
+        with Session(engine) as session:
+            session.add(UsageRecord(organisation_id=org, call_id=call,
+                                    kind=UsageKind.call_seconds, quantity=60))  # fmt: skip
+            record_audit(session, organisation_id=org, actor="test", action="x", subject="y")
+            session.commit()
+    name = seed.get(Organisation, gone).name
+    env = {
+        "DATABASE_URL": database_url,
+        "DATA_DIR": str(tmp_path / "data"),
+        "PATH": "/usr/bin:/bin",
+    }
+    run = lambda *extra: subprocess.run(  # noqa: E731
+        [sys.executable, str(REPO / "agent.py"), "sidecar", "erase-organisation", *extra],
+        capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+
+    wrong = run("--id", str(gone), "--confirm", "not its name")
+    assert wrong.returncode == 1 and "nothing was deleted" in wrong.stderr
+    assert run("--id", "999999", "--confirm", "x").returncode == 1
+    assert files[gone].exists()
+
+    done = run("--id", str(gone), "--confirm", name)
+    assert done.returncode == 0, done.stderr
+    assert "1 recording files" in done.stdout and "1 organisations" in done.stdout
+    assert not files[gone].exists() and files[stays].exists()
+    check = make_engine(database_url)
+    try:
+        with Session(check) as session:
+            for model in (
+                Organisation,
+                User,
+                ApiKey,
+                Agent,
+                Call,
+                UsageRecord,
+                Recording,
+                AuditLog,
+            ):
+                column = model.id if model is Organisation else model.organisation_id  # type: ignore[attr-defined]
+                rows = session.exec(select(column).where(column == gone)).all()
+                assert rows == [], model.__name__
+                assert session.exec(select(model)).first() is not None, model.__name__
+    finally:
+        check.dispose()
