@@ -64,6 +64,7 @@ MATRIX: list[tuple[str, str, dict[str, Any] | None, int, int, int]] = [
     ("GET",    "/v1/audit-log",                             None,                 200,  403,  403),
     ("GET",    "/v1/notifications",                         None,                 200,  403,  200),
     ("GET",    "/v1/recordings",                            None,                 200,  200,  403),
+    ("POST",   "/v1/recordings",                            None,                 503,  403,  403),
     ("GET",    "/v1/recordings/{own_recording}/download",   None,                 200,  200,  403),
     ("GET",    "/v1/recordings/{other_recording}/download", None,                 200,  404,  403),
     ("DELETE", "/v1/recordings/{own_recording}",            None,                 204,  204,  403),

@@ -116,7 +116,10 @@ def create_app(config: SidecarConfig, *, engine: Engine | None = None) -> FastAP
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_body_bytes=config.max_body_bytes,
-        larger={RECORDINGS_UPLOAD_PATH: config.max_recording_bytes},
+        larger={
+            RECORDINGS_UPLOAD_PATH: config.max_recording_bytes,
+            "/v1/recordings": config.max_recording_bytes,  # uploads of one's own audio
+        },
     )
     app.add_middleware(RateLimitMiddleware, limits=resources.rate_limits, config=config)
     app.add_middleware(SecurityHeadersMiddleware)

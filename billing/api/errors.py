@@ -84,6 +84,12 @@ class Unprocessable(ApiError):
     status_code = 422
 
 
+class UnsupportedMediaType(ApiError):
+    """Content of a kind the route does not take (415)."""
+
+    status_code = 415
+
+
 class TooManyRequests(ApiError):
     """Over a rate limit; the ``Retry-After`` header says when to retry (429)."""
 

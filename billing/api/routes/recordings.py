@@ -23,6 +23,7 @@ from sqlmodel.sql.expression import SelectOfScalar
 
 from billing.api.audit_trail import audit
 from billing.api.deps import (
+    Admin,
     AgentEditor,
     DbSession,
     Limit,
@@ -38,6 +39,7 @@ from billing.api.errors import (
     NotFound,
     ServiceUnavailable,
     Unprocessable,
+    UnsupportedMediaType,
     ValidationErrorBody,
 )
 from billing.api.resources import SidecarResources
@@ -52,6 +54,7 @@ from storage.recording_files import (
     pcm_length,
     wav_header,
 )
+from storage.uploads import UploadRefused, seal_upload
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +176,74 @@ def _upsert_recording(
         session.commit()
         assert recording.id is not None
         return recording.id
+
+
+@router.post(
+    "",
+    response_model=RecordingOut,
+    status_code=201,
+    responses={
+        413: {"model": ErrorBody, "description": "larger than the sidecar keeps"},
+        415: {"model": ErrorBody, "description": "not WAV, FLAC, Ogg, MP3 or AIFF"},
+        422: {"model": ErrorBody, "description": "damaged, too short or too many channels"},
+        503: {"model": ErrorBody, "description": "no recording keys on this sidecar"},
+    },
+    summary="Upload audio of your own (for diarization)",
+)
+async def upload_recording(
+    request: Request, principal: Admin, resources: Resources
+) -> RecordingOut:
+    """Admins only (an upload belongs to no agent's call, so agent users would not see
+    it). The body is the audio file itself (any ``Content-Type``), streamed to disk up to the
+    sidecar's limit; its format is read from its content (WAV, FLAC, Ogg, MP3, AIFF, any
+    rate, up to 8 channels), and it is kept sealed like a call recording, as
+    ``upload-<id>``."""
+    keyring = resources.config.recording_keyring
+    if keyring is None:
+        raise ServiceUnavailable("this sidecar has no RECORDING_KEYS", reason="no_recording_keys")
+    root = resources.config.recordings_dir
+    name = f"upload-{uuid.uuid4().hex[:16]}"
+    incoming = root / ".incoming" / name
+    incoming.parent.mkdir(parents=True, exist_ok=True)
+    final = root / str(principal.organisation_id) / f"{name}.varec"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        async with await anyio.open_file(incoming, "wb") as f:
+            async for piece in request.stream():
+                await f.write(piece)
+        try:
+            sealed = await anyio.to_thread.run_sync(seal_upload, incoming, final, keyring)
+        except UploadRefused as exc:
+            if exc.status == 415:
+                raise UnsupportedMediaType(exc.message, reason="unsupported_format") from None
+            raise Unprocessable(exc.message, reason="unusable_audio") from None
+    finally:
+        incoming.unlink(missing_ok=True)
+    fields: dict[str, Any] = {
+        "path": str(final.relative_to(root)),
+        "size_bytes": final.stat().st_size,
+        "sha256": await anyio.to_thread.run_sync(_file_sha256, final),
+        "key_id": keyring.current,
+        "sample_rate": sealed.sample_rate,
+        "channels": sealed.channels,
+        "duration_s": sealed.duration_s,
+    }
+    recording_id = await anyio.to_thread.run_sync(
+        _upsert_recording, resources, principal.organisation_id, name, fields
+    )
+    logger.info(
+        "recording uploaded",
+        extra={"recording_id": recording_id, "format": sealed.kind, "actor": principal.actor},
+    )
+    with Session(resources.engine) as session:
+        stored = session.get(Recording, recording_id)
+        assert stored is not None
+        return RecordingOut.model_validate(stored, from_attributes=True)
+
+
+def _file_sha256(path: FilePath) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @router.get("", response_model=list[RecordingOut], summary="List recordings, newest first")
