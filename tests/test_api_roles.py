@@ -67,6 +67,8 @@ MATRIX: list[tuple[str, str, dict[str, Any] | None, int, int, int]] = [
     ("POST",   "/v1/recordings",                            None,                 503,  403,  403),
     ("GET",    "/v1/recordings/{own_recording}/download",   None,                 200,  200,  403),
     ("GET",    "/v1/recordings/{other_recording}/download", None,                 200,  404,  403),
+    ("GET",    "/v1/recordings/{own_recording}/speakers",   None,                 422,  422,  403),
+    ("GET",    "/v1/recordings/{other_recording}/speakers", None,                 422,  404,  403),
     ("DELETE", "/v1/recordings/{own_recording}",            None,                 204,  204,  403),
     ("DELETE", "/v1/recordings/{other_recording}",          None,                 204,  404,  403),
     ("POST",   "/v1/erasures/caller-number",                A_NUMBER,             503,  403,  403),

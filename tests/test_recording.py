@@ -152,6 +152,17 @@ async def test_a_simulated_call_is_recorded_with_both_channels_aligned(
     )
     assert report.transcript and report.transcript[0].role == "agent"
 
+    # speaker turns by channel (storage.speakers): the caller's turn starts where its clip's
+    # speech does, the agent has its greeting and its reply
+    from storage.speakers import channel_turns
+
+    info, chunks = open_recording(path, RING)
+    turns = channel_turns(chunks, info.sample_rate)
+    caller_turns = [t for t in turns if t.speaker == "caller"]
+    onset = (start + int(np.flatnonzero(np.abs(clip.astype(np.int32)) > 300)[0])) / RATE
+    assert len(caller_turns) == 1 and abs(caller_turns[0].start_s - onset) < 0.05
+    assert len([t for t in turns if t.speaker == "agent"]) == 2
+
 
 def _segments(pcm: np.ndarray, gap_s: float = 0.4) -> list[tuple[float, float]]:
     """(start, end) seconds of the stretches of sound, split at silences over ``gap_s``."""

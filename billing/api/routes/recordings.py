@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path as FilePath
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 import anyio.to_thread
@@ -54,6 +54,7 @@ from storage.recording_files import (
     pcm_length,
     wav_header,
 )
+from storage.speakers import MEDIA_TYPES, channel_turns, export
 from storage.uploads import UploadRefused, seal_upload
 
 logger = logging.getLogger(__name__)
@@ -288,6 +289,53 @@ def download_recording(
         media_type="application/octet-stream",
         filename=f"recording-{recording.id}{path.suffix}",
     )
+
+
+@router.get(
+    "/{recording_id}/speakers",
+    responses={
+        **NOT_FOUND,
+        200: {"content": {t: {} for t in sorted(set(MEDIA_TYPES.values()))}},
+        422: {
+            "model": ErrorBody | ValidationErrorBody,
+            "description": "not a two-channel call recording (ErrorBody), or a bad format",
+        },
+    },
+    summary="Who spoke when in a call recording: RTTM, JSON, SRT, VTT, TXT, CSV or TSV",
+)
+def recording_speakers(
+    recording_id: RecordingId,
+    principal: AgentEditor,
+    session: DbSession,
+    resources: Resources,
+    format: Annotated[Literal["rttm", "json", "srt", "vtt", "txt", "csv", "tsv"], Query()] = "json",
+) -> Response:
+    """A call the worker recorded has the caller on one channel and the agent on the
+    other: its turns come from the channels (storage.speakers). Other audio needs a
+    diarization model, which this sidecar does not have yet."""
+    recording = _get_recording(session, principal, recording_id)
+    keyring = resources.config.recording_keyring
+    if recording.channels != 2 or recording.key_id is None or recording.sample_rate is None:
+        raise Unprocessable(
+            "speaker turns come from a two-channel call recording (caller and agent); "
+            "diarizing other audio is not available yet",
+            reason="not_a_call_recording",
+        )
+    if keyring is None:
+        raise ServiceUnavailable("this sidecar has no RECORDING_KEYS", reason="no_recording_keys")
+    path = _file_path(resources.config, recording)
+    try:
+        _, chunks = open_recording(path, keyring)
+        turns = channel_turns(chunks, recording.sample_rate)
+    except (RecordingError, OSError) as exc:
+        logger.error(
+            "recording does not open", extra={"recording_id": recording.id, "error": str(exc)}
+        )
+        raise ServiceUnavailable(
+            "the recording cannot be opened", reason="recording_unreadable"
+        ) from None
+    body = export(turns, format, name=f"recording-{recording.id}")
+    return Response(body, media_type=MEDIA_TYPES[format])
 
 
 @router.delete(
