@@ -190,34 +190,32 @@ class LiveKitServer(LoopbackServer):
     # -- SIP trunks -----------------------------------------------------------------
 
     def _create_inbound(self, req: sip.CreateSIPInboundTrunkRequest) -> Message:
-        trunk = sip.SIPInboundTrunkInfo()
-        trunk.CopyFrom(req.trunk)
-        trunk.sip_trunk_id = self._next_id("ST")
-        self.state.inbound_trunks[trunk.sip_trunk_id] = trunk
-        return trunk
+        return self._create_trunk(self.state.inbound_trunks, sip.SIPInboundTrunkInfo(), req)
 
     def _update_inbound(self, req: sip.UpdateSIPInboundTrunkRequest) -> Message:
-        trunk = self.state.inbound_trunks.get(req.sip_trunk_id)
-        if trunk is None:
-            raise _TwirpFailure(404, "not_found", "no such trunk")
-        if req.WhichOneof("action") != "replace":
-            raise _TwirpFailure(400, "invalid_argument", "only replace is implemented here")
-        trunk.CopyFrom(req.replace)
-        trunk.sip_trunk_id = req.sip_trunk_id
-        return trunk
+        return self._replace_trunk(self.state.inbound_trunks, req)
 
     def _list_inbound(self, req: sip.ListSIPInboundTrunkRequest) -> Message:
         return sip.ListSIPInboundTrunkResponse(items=list(self.state.inbound_trunks.values()))
 
     def _create_outbound(self, req: sip.CreateSIPOutboundTrunkRequest) -> Message:
-        trunk = sip.SIPOutboundTrunkInfo()
-        trunk.CopyFrom(req.trunk)
-        trunk.sip_trunk_id = self._next_id("ST")
-        self.state.outbound_trunks[trunk.sip_trunk_id] = trunk
-        return trunk
+        return self._create_trunk(self.state.outbound_trunks, sip.SIPOutboundTrunkInfo(), req)
 
     def _update_outbound(self, req: sip.UpdateSIPOutboundTrunkRequest) -> Message:
-        trunk = self.state.outbound_trunks.get(req.sip_trunk_id)
+        return self._replace_trunk(self.state.outbound_trunks, req)
+
+    def _list_outbound(self, req: sip.ListSIPOutboundTrunkRequest) -> Message:
+        return sip.ListSIPOutboundTrunkResponse(items=list(self.state.outbound_trunks.values()))
+
+    def _create_trunk(self, trunks: dict[str, Any], trunk: Any, req: Any) -> Message:
+        trunk.CopyFrom(req.trunk)
+        trunk.sip_trunk_id = self._next_id("ST")
+        trunks[trunk.sip_trunk_id] = trunk
+        return trunk
+
+    @staticmethod
+    def _replace_trunk(trunks: dict[str, Any], req: Any) -> Message:
+        trunk = trunks.get(req.sip_trunk_id)
         if trunk is None:
             raise _TwirpFailure(404, "not_found", "no such trunk")
         if req.WhichOneof("action") != "replace":
@@ -225,9 +223,6 @@ class LiveKitServer(LoopbackServer):
         trunk.CopyFrom(req.replace)
         trunk.sip_trunk_id = req.sip_trunk_id
         return trunk
-
-    def _list_outbound(self, req: sip.ListSIPOutboundTrunkRequest) -> Message:
-        return sip.ListSIPOutboundTrunkResponse(items=list(self.state.outbound_trunks.values()))
 
     def _delete_trunk(self, req: sip.DeleteSIPTrunkRequest) -> Message:
         for trunks in (self.state.inbound_trunks, self.state.outbound_trunks):

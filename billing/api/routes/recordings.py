@@ -110,18 +110,11 @@ async def store_recording(
     """The body is the ``.varec`` file the worker wrote, streamed to disk, then opened
     whole with the sidecar's keys (a file cut short or changed is refused, and nothing is
     kept). Storing the same call again replaces it."""
-    keyring = resources.config.recording_keyring
-    if keyring is None:
-        raise ServiceUnavailable("this sidecar has no RECORDING_KEYS", reason="no_recording_keys")
+    keyring = _keyring(resources.config)
     root = resources.config.recordings_dir
     incoming = root / ".incoming" / f"{organisation_id}-{call_id}-{uuid.uuid4().hex[:8]}"
-    incoming.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
     try:
-        async with await anyio.open_file(incoming, "wb") as f:
-            async for piece in request.stream():
-                digest.update(piece)
-                await f.write(piece)
+        digest = await _receive(request, incoming)
         info, pcm_bytes = await anyio.to_thread.run_sync(_check_sealed, incoming, keyring)
         final = root / str(organisation_id) / f"{call_id}.varec"
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +125,7 @@ async def store_recording(
     fields: dict[str, Any] = {
         "path": str(final.relative_to(root)),
         "size_bytes": final.stat().st_size,
-        "sha256": digest.hexdigest(),
+        "sha256": digest,
         "key_id": info.key_id,
         "sample_rate": info.sample_rate,
         "channels": info.channels,
@@ -150,6 +143,25 @@ async def store_recording(
         },
     )
     return RecordingStored(id=recording_id, duration_s=duration_s)
+
+
+def _keyring(config: SidecarConfig) -> Keyring:
+    """The keys recordings are sealed with; 503 when this sidecar has none."""
+    if config.recording_keyring is None:
+        raise ServiceUnavailable("this sidecar has no RECORDING_KEYS", reason="no_recording_keys")
+    return config.recording_keyring
+
+
+async def _receive(request: Request, path: FilePath) -> str:
+    """Stream the request's body to ``path`` (its size bounded by the body-limit
+    middleware); the body's sha256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    async with await anyio.open_file(path, "wb") as f:
+        async for piece in request.stream():
+            digest.update(piece)
+            await f.write(piece)
+    return digest.hexdigest()
 
 
 def _check_sealed(path: FilePath, keyring: Keyring) -> tuple[RecordingInfo, int]:
@@ -199,19 +211,14 @@ async def upload_recording(
     sidecar's limit; its format is read from its content (WAV, FLAC, Ogg, MP3, AIFF, any
     rate, up to 8 channels), and it is kept sealed like a call recording, as
     ``upload-<id>``."""
-    keyring = resources.config.recording_keyring
-    if keyring is None:
-        raise ServiceUnavailable("this sidecar has no RECORDING_KEYS", reason="no_recording_keys")
+    keyring = _keyring(resources.config)
     root = resources.config.recordings_dir
     name = f"upload-{uuid.uuid4().hex[:16]}"
     incoming = root / ".incoming" / name
-    incoming.parent.mkdir(parents=True, exist_ok=True)
     final = root / str(principal.organisation_id) / f"{name}.varec"
     final.parent.mkdir(parents=True, exist_ok=True)
     try:
-        async with await anyio.open_file(incoming, "wb") as f:
-            async for piece in request.stream():
-                await f.write(piece)
+        await _receive(request, incoming)
         try:
             sealed = await anyio.to_thread.run_sync(seal_upload, incoming, final, keyring)
         except UploadRefused as exc:
@@ -314,15 +321,13 @@ def recording_speakers(
     other: its turns come from the channels (storage.speakers). Other audio needs a
     diarization model, which this sidecar does not have yet."""
     recording = _get_recording(session, principal, recording_id)
-    keyring = resources.config.recording_keyring
     if recording.channels != 2 or recording.key_id is None or recording.sample_rate is None:
         raise Unprocessable(
             "speaker turns come from a two-channel call recording (caller and agent); "
             "diarizing other audio is not available yet",
             reason="not_a_call_recording",
         )
-    if keyring is None:
-        raise ServiceUnavailable("this sidecar has no RECORDING_KEYS", reason="no_recording_keys")
+    keyring = _keyring(resources.config)
     path = _file_path(resources.config, recording)
     try:
         _, chunks = open_recording(path, keyring)
@@ -368,9 +373,7 @@ def delete_recording(
 
 
 def _decrypted_wav(config: SidecarConfig, path: FilePath, recording: Recording) -> Response:
-    keyring = config.recording_keyring
-    if keyring is None:
-        raise ServiceUnavailable("this sidecar has no RECORDING_KEYS", reason="no_recording_keys")
+    keyring = _keyring(config)
     try:
         info, chunks = open_recording(path, keyring)
         pcm_bytes = pcm_length(path)
