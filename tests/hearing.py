@@ -33,8 +33,30 @@ def transcribe(pcm: np.ndarray, sample_rate_hz: int) -> str:
     return WhisperSTT().transcribe(resampled.astype(np.float32))[0]
 
 
+CONTRACTIONS = {
+    "can't": "can not",
+    "cannot": "can not",
+    "won't": "will not",
+    "n't": " not",
+    "'re": " are",
+    "'ll": " will",
+    "'ve": " have",
+    "'m": " am",
+}
+IS_CONTRACTIONS = re.compile(r"\b(there|it|that|he|she|what|where|here|who)'s\b")
+
+
+def words_of(text: str) -> list[str]:
+    """Lower-case words with contractions written out: Whisper writes "there's" for a
+    clearly spoken "there is" as often as not, and that is not a word lost."""
+    text = IS_CONTRACTIONS.sub(r"\1 is", text.lower())
+    for short, long in CONTRACTIONS.items():
+        text = text.replace(short, long)
+    return re.findall(r"[a-z']+", text)
+
+
 def share_of_words_heard(expected: str, heard: str) -> float:
     """The share of ``expected``'s words that ``heard`` has, in the same order."""
-    want, got = (re.findall(r"[a-z']+", text.lower()) for text in (expected, heard))
+    want, got = words_of(expected), words_of(heard)
     matcher = difflib.SequenceMatcher(None, want, got, autojunk=False)
     return sum(block.size for block in matcher.get_matching_blocks()) / max(1, len(want))

@@ -505,4 +505,7 @@ async def test_a_call_whose_llm_dies_mid_reply_hears_the_whole_answer_once(
     ]
     heard = transcribe(audio, AGENT_SAMPLE_RATE_HZ)
     assert share_of_words_heard(answer, heard) >= 0.8, heard
-    assert heard.lower().count("outage") == 1 and heard.lower().count("engineer") == 1, heard
+    # one word from each half, neither of which Whisper was seen to mishear ("outage" it
+    # once wrote "out-aging"): each is heard exactly once
+    assert heard.lower().count("springfield") == 1, heard
+    assert heard.lower().count("engineer") == 1, heard
