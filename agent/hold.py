@@ -165,9 +165,10 @@ class HoldQueueWait:
             log.warning("could not leave the hold queue", extra={"error": str(exc)})
 
 
-async def play_hold_music(session: AgentSession, message: str) -> None:
-    """Say ``message``, then loop livekit's hold music until cancelled."""
-    await session.say(message, allow_interruptions=False).wait_for_playout()
+async def play_hold_music(session: AgentSession, message: str | None) -> None:
+    """Say ``message`` (if any), then loop livekit's hold music until cancelled."""
+    if message:
+        await session.say(message, allow_interruptions=False).wait_for_playout()
     path = BuiltinAudioClip.HOLD_MUSIC.path()
     sample_rate = session.tts.sample_rate if session.tts else 24_000
     while True:

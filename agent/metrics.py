@@ -50,7 +50,8 @@ INTERRUPTIONS = Counter(
 TRANSFERS = Counter(
     "voice_agent_transfers_total",
     "Callers asking for a person, by outcome: transferred, callback (no transfer number "
-    "or no phone line: a ticket), rejected (the far end refused), failed, breaker_open.",
+    "or no phone line: a ticket), rejected (the far end refused), failed, breaker_open; "
+    "warm transfers also declined (the person pressed 2) and unanswered (no key).",
     ["outcome"],
 )
 

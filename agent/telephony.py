@@ -2,7 +2,9 @@
 
 :class:`PhoneLine` (one per SIP call) transfers the caller to a person (a SIP REFER through
 ``transfer_sip_participant``), sends keypad tones to the far end (``publish_dtmf``, for an
-IVR that needs them) and hangs up (deletes the room, which ends the SIP leg).
+IVR that needs them) and hangs up (deletes the room, which ends the SIP leg); for a warm
+transfer (``agent.warm_transfer``) it dials a person into a consult room and moves them
+into the caller's room.
 :func:`place_call` dials out: an agent dispatched to a new room, then the callee added
 to it through the outbound trunk, so the call is admitted like an inbound one.
 
@@ -23,14 +25,18 @@ import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
 from google.protobuf.duration_pb2 import Duration
 from livekit import api, rtc
+from livekit.agents.tts import TTS
 
 from agent.logs import mask_phone
 from agent.settings import Settings
 from plugins.circuit_breaker import CircuitBreaker, breaker_for
+
+if TYPE_CHECKING:
+    from agent.warm_transfer import ConsultLeg
 
 log = logging.getLogger("agent.telephony")
 
@@ -55,6 +61,12 @@ class SipUnavailable(Exception):
         super().__init__(f"{status}: {detail}")
         self.status = status
         self.detail = detail
+
+
+class ConsultJoiner(Protocol):
+    """Joins the agent to a warm transfer's consult room (``agent.warm_transfer``)."""
+
+    def __call__(self, room_name: str, tts: TTS) -> Awaitable[ConsultLeg]: ...
 
 
 class DtmfSender(Protocol):
@@ -158,6 +170,16 @@ class PhoneLine:
     dtmf: DtmfSender
     breaker: CircuitBreaker
     dtmf_gap_s: float = DTMF_GAP_S
+    outbound_trunk_id: str = ""
+    """``SIP_OUTBOUND_TRUNK_ID``: what a warm transfer dials the person through."""
+    consult: ConsultJoiner | None = None
+    """How the agent joins a warm transfer's consult room (``agent.warm_transfer``);
+    None: transfers are cold."""
+
+    @property
+    def warm_transfers(self) -> bool:
+        """Whether this line can brief a person before handing the caller over."""
+        return bool(self.outbound_trunk_id) and self.consult is not None
 
     async def transfer(self, number: str) -> None:
         """Hand the caller to ``number`` (E.164 or a SIP URI); their leg leaves this room
@@ -189,11 +211,36 @@ class PhoneLine:
 
     async def hang_up(self) -> None:
         """End the call for everyone in it: delete the room (the SIP leg goes with it)."""
+        await self.close_room(self.room_name)
+
+    async def close_room(self, room_name: str) -> None:
+        """Delete ``room_name``: everyone in it is disconnected, a SIP leg hung up."""
         await _guarded(
             self.breaker,
             "hang up",
-            self.lkapi.room.delete_room(api.DeleteRoomRequest(room=self.room_name)),
+            self.lkapi.room.delete_room(api.DeleteRoomRequest(room=room_name)),
         )
+
+    async def dial(
+        self, number: str, *, room_name: str, identity: str, ringing_timeout_s: float
+    ) -> str:
+        """Call ``number`` into ``room_name`` through the outbound trunk; returns the SIP
+        call id once they answer. Raises :class:`SipUnavailable` (busy, no answer)."""
+        log.info("dialling", extra={"to": mask_phone(number), "room": room_name})
+        request = _dial_request(
+            self.outbound_trunk_id, number, room_name, identity, ringing_timeout_s
+        )
+        info = await _guarded(self.breaker, "dial", self.lkapi.sip.create_sip_participant(request))
+        return str(info.sip_call_id)
+
+    async def bring_in(self, identity: str, *, from_room: str) -> None:
+        """Move participant ``identity`` from ``from_room`` into the caller's room (a warm
+        transfer's person, once briefed). LiveKit Cloud and private deployments have
+        ``MoveParticipant``; where the server lacks it this raises ``failed``."""
+        request = api.MoveParticipantRequest(
+            room=from_room, identity=identity, destination_room=self.room_name
+        )
+        await _guarded(self.breaker, "move", self.lkapi.room.move_participant(request))
 
 
 @dataclass(frozen=True)
@@ -244,21 +291,11 @@ async def place_call(
         ),
     )
     log.info("dialling", extra={"to": mask_phone(number), "room": room_name})
+    request = _dial_request(
+        settings.sip_outbound_trunk_id, number, room_name, identity, ringing_timeout_s
+    )
     try:
-        info = await _guarded(
-            breaker,
-            "dial",
-            lkapi.sip.create_sip_participant(
-                api.CreateSIPParticipantRequest(
-                    sip_trunk_id=settings.sip_outbound_trunk_id,
-                    sip_call_to=number,
-                    room_name=room_name,
-                    participant_identity=identity,
-                    wait_until_answered=True,
-                    ringing_timeout=_duration(ringing_timeout_s),
-                )
-            ),
-        )
+        info = await _guarded(breaker, "dial", lkapi.sip.create_sip_participant(request))
     except SipUnavailable:
         try:  # the agent's job goes with its room
             await lkapi.room.delete_room(api.DeleteRoomRequest(room=room_name))
@@ -267,6 +304,20 @@ async def place_call(
         raise
     log.info("callee answered", extra={"room": room_name, "sip_call_id": info.sip_call_id})
     return PlacedCall(room_name, identity, info.sip_call_id)
+
+
+def _dial_request(
+    trunk_id: str, number: str, room_name: str, identity: str, ringing_timeout_s: float
+) -> api.CreateSIPParticipantRequest:
+    """A call to ``number`` that the API answers once it is picked up."""
+    return api.CreateSIPParticipantRequest(
+        sip_trunk_id=trunk_id,
+        sip_call_to=number,
+        room_name=room_name,
+        participant_identity=identity,
+        wait_until_answered=True,
+        ringing_timeout=_duration(ringing_timeout_s),
+    )
 
 
 def _duration(seconds: float) -> Duration:

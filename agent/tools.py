@@ -17,11 +17,13 @@ from livekit import rtc
 from livekit.agents import Agent, AgentSession, ModelSettings, RunContext, function_tool, llm, stt
 from livekit.agents.llm import FunctionTool, RawFunctionTool, find_function_tools
 
+from agent.hold import play_hold_music
 from agent.interruption import InterruptionPolicy
 from agent.metrics import TRANSFERS
 from agent.profile import KEYPAD_LINE, REPEAT_LINE, RESUME_LINE
 from agent.support_desk import SupportDesk
 from agent.telephony import PhoneLine, SipUnavailable
+from agent.warm_transfer import WarmTransfer, briefing
 from billing.agent_profile import AgentProfile
 from plugins.confidence_gate import ConfidenceGate
 
@@ -154,24 +156,60 @@ class CallTools:
             self._transfer_task = asyncio.ensure_future(self._transfer(session))
 
     async def _transfer(self, session: AgentSession) -> None:
-        assert self.line is not None and self._profile.telephony.transfer_number is not None
+        phone = self._profile.telephony
+        number = phone.transfer_number
+        assert self.line is not None and number is not None
         reason = self._transfer_reason or ""
-        try:
-            await self.line.transfer(self._profile.telephony.transfer_number)
-        except SipUnavailable as exc:
-            log.error(
-                "transfer failed; a person calls back",
-                extra={"status": exc.status, "error": exc.detail},
-            )
-            TRANSFERS.labels(exc.status).inc()
-            self.desk.request_callback(reason)
-            self._transfer_reason = None
-            self._transfer_task = None
-            with contextlib.suppress(RuntimeError):  # the call is ending: nobody to tell
-                session.say(self._profile.telephony.transfer_failed_line)
+        if phone.transfer_mode == "warm" and not self.line.warm_transfers:
+            log.warning("warm transfer needs SIP_OUTBOUND_TRUNK_ID; transferring cold")
+        if phone.transfer_mode == "warm" and self.line.warm_transfers:
+            outcome = await self._warm_transfer(session, number, reason)
+        else:
+            try:
+                await self.line.transfer(number)
+                outcome = "transferred"
+            except SipUnavailable as exc:
+                log.error(
+                    "transfer failed; a person calls back",
+                    extra={"status": exc.status, "error": exc.detail},
+                )
+                outcome = exc.status
+        TRANSFERS.labels(outcome).inc()
+        if outcome == "transferred":
+            self.transferred = True
             return
-        TRANSFERS.labels("transferred").inc()
-        self.transferred = True
+        self.desk.request_callback(reason)
+        self._transfer_reason = None
+        self._transfer_task = None
+        with contextlib.suppress(RuntimeError):  # the call is ending: nobody to tell
+            session.say(phone.transfer_failed_line)
+
+    async def _warm_transfer(self, session: AgentSession, number: str, reason: str) -> str:
+        """The caller holds (music; what they say is not a turn) while the person is
+        briefed; once the person has taken the call the agent leaves it."""
+        assert self.line is not None and session.tts is not None
+        transfer = WarmTransfer(
+            self.line, number, session.tts, self._profile.telephony.transfer_ring_s
+        )
+        caller_lines = [
+            item.text_content or ""
+            for item in session.history.items
+            if isinstance(item, llm.ChatMessage) and item.role == "user"
+        ]
+        session.input.set_audio_enabled(False)
+        music = asyncio.ensure_future(play_hold_music(session, None))
+        try:
+            outcome = await transfer.run(briefing(self._profile.name, reason, caller_lines))
+        finally:
+            music.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await music
+        if outcome == "transferred":
+            log.info("caller handed to a person after a briefing; the agent leaves")
+            session.shutdown()
+        else:
+            session.input.set_audio_enabled(True)
+        return outcome
 
 
 class ProfileAgent(Agent):

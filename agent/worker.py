@@ -33,6 +33,7 @@ from agent.recording import RecordingUploader
 from agent.settings import Settings
 from agent.sidecar_client import SidecarClient, SidecarUnavailable, configured_sidecar
 from agent.telephony import PhoneLine, SipCaller, sip_breaker
+from agent.warm_transfer import room_consult
 from plugins.local_stt import WhisperSTT
 
 log = logging.getLogger("agent.worker")
@@ -88,6 +89,8 @@ async def entrypoint(ctx: JobContext) -> None:
             caller.identity,
             ctx.room.local_participant,
             sip_breaker(settings),
+            outbound_trunk_id=settings.sip_outbound_trunk_id,
+            consult=room_consult(settings),
         )
         if caller is not None
         else None

@@ -214,6 +214,13 @@ class Telephony(_Strict):
     transfer_failed_line: Text = (
         "Sorry, I could not reach a person just now. I've asked someone to call you back."
     )
+    transfer_mode: Literal["cold", "warm"] = "cold"
+    """``cold``: the caller is handed over at once (a SIP REFER). ``warm``: the person is
+    called first and briefed on what the caller asked for, and takes the call by pressing
+    1 while the caller hears hold music (needs ``SIP_OUTBOUND_TRUNK_ID`` and a LiveKit
+    server with ``MoveParticipant``; without a trunk the transfer is cold)."""
+    transfer_ring_s: float = Field(default=30.0, ge=5, le=120)
+    """How long a warm transfer lets the person's phone ring."""
     keys: dict[Annotated[str, Field(pattern=r"^[0-9]$")], KeyAction] = Field(default_factory=dict)
     """Single keys that act at once, e.g. ``{"0": "transfer_to_human"}`` ("press 0 for a
     person"). Any other entry is the caller's words (digits of an account number)."""

@@ -5,6 +5,7 @@ keys it sends. The LiveKit *API* is never faked: tests use the loopback server
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,10 @@ class FakeRoom(rtc.EventEmitter[Any]):
         super().__init__()
         self.name = name
         self.local_participant = FakeLocalParticipant()
+        self.disconnected = False
+
+    async def disconnect(self) -> None:
+        self.disconnected = True
 
     def press(self, keys: str) -> None:
         """The caller presses ``keys``: one ``sip_dtmf_received`` each, as the SIP service
@@ -41,6 +46,52 @@ class FakeSipParticipant:
     identity: str
     attributes: dict[str, str]
     kind: int = rtc.ParticipantKind.PARTICIPANT_KIND_SIP
+
+
+@dataclass
+class FakeConsultLeg:
+    """A warm transfer's consult room (``agent.warm_transfer.ConsultLeg``) that records
+    what the person was told; ``keys`` is what they press (a test may add keys later)."""
+
+    room_name: str
+    keys: list[str] = field(default_factory=list)
+    said: list[str] = field(default_factory=list)
+    closed: bool = False
+
+    async def say(self, text: str) -> None:
+        self.said.append(text)
+
+    async def next_key(self, timeout_s: float) -> str | None:
+        for _ in range(max(1, round(timeout_s / 0.01))):
+            if self.keys:
+                return self.keys.pop(0)
+            await asyncio.sleep(0.01)
+        return None
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class FakeConsultJoiner:
+    """Joins :class:`FakeConsultLeg` s; the person will press ``keys``."""
+
+    def __init__(self, keys: list[str] | None = None) -> None:
+        self.keys = keys or []
+        self.legs: list[FakeConsultLeg] = []
+
+    async def __call__(self, room_name: str, tts: Any) -> FakeConsultLeg:
+        leg = FakeConsultLeg(room_name, list(self.keys))
+        self.legs.append(leg)
+        return leg
+
+
+async def loopback_outbound_trunk(lkapi: api.LiveKitAPI) -> str:
+    """An outbound trunk on the loopback server; its id."""
+    info = api.SIPOutboundTrunkInfo(
+        name="out", address="sip.carrier.example", numbers=["+15550142000"]
+    )
+    trunk = await lkapi.sip.create_outbound_trunk(api.CreateSIPOutboundTrunkRequest(trunk=info))
+    return trunk.sip_trunk_id
 
 
 def loopback_api(server: LiveKitServer, *, secret: str = API_SECRET) -> api.LiveKitAPI:

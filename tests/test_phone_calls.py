@@ -7,7 +7,9 @@ Covered: a key mapped to "a person" and a spoken request both transfer the calle
 the line saying so has been heard; a refused transfer says so and books a callback; the
 agent's goodbye hangs the caller up; keys to a far-end menu; a keypad entry that is not
 an action is the caller's turn; "repeat" says the last line again; without a phone line
-a person calls back."""
+a person calls back. Warm transfers: the caller holds while the person is briefed with
+the caller's words, and the agent leaves once the person has taken the call; a declined
+one brings the caller back to the agent."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from agent.wav_io import CallerAudioInput, CapturedAudioOutput
 from billing.agent_profile import AgentProfile
 from plugins.circuit_breaker import CircuitBreaker
 from tests.conftest import silence
-from tests.fake_room import FakeRoom, loopback_api
+from tests.fake_room import FakeConsultJoiner, FakeRoom, loopback_api, loopback_outbound_trunk
 from tests.loopback.livekit_server import LiveKitServer
 
 pytestmark = pytest.mark.slow
@@ -92,12 +94,19 @@ async def phone_call(
 ) -> AsyncIterator[Callable[..., Any]]:
     made: list[tuple[Call, Any]] = []
 
-    async def make(profile: AgentProfile = PROFILE, *, line: bool = True) -> PhoneCall:
+    async def make(
+        profile: AgentProfile = PROFILE,
+        *,
+        line: bool = True,
+        consult: FakeConsultJoiner | None = None,
+    ) -> PhoneCall:
         settings = Settings(_env_file=None, data_dir=tmp_path, aec_warmup_s=0, dtmf_timeout_s=2.0)  # type: ignore[call-arg]
         room = FakeRoom("call-room-7")
         lkapi = loopback_api(livekit_server)
+        trunk = await loopback_outbound_trunk(lkapi) if consult else ""
         phone = PhoneLine(lkapi, room.name, "sip-caller", room.local_participant,
-                          CircuitBreaker("sip/test"), dtmf_gap_s=0) if line else None  # fmt: skip
+                          CircuitBreaker("sip/test"), dtmf_gap_s=0, outbound_trunk_id=trunk,
+                          consult=consult) if line else None  # fmt: skip
         decision = AdmissionDecision(status="unmetered")
         call = Call(CallIdentity("call-7", None, None, None), decision, profile,
                     settings=settings, vad_model=vad_model, caller_number="+15557654321",
@@ -206,3 +215,56 @@ async def test_without_a_phone_line_a_person_calls_back(phone_call, livekit_serv
     assert "will call you back" in phone.said[0]
     assert len(phone.tools.desk.tickets) == 1
     assert livekit_server.requests == []
+
+
+WARM = PROFILE.model_copy(
+    update={"telephony": PROFILE.telephony.model_copy(update={"transfer_mode": "warm"})}
+)
+
+
+def _deleted_rooms(server: LiveKitServer) -> list[str]:
+    return [r.room for r in server.calls("RoomService/DeleteRoom")]
+
+
+async def test_a_warm_transfer_briefs_the_person_while_the_caller_holds(phone_call, livekit_server):
+    joiner = FakeConsultJoiner()
+    phone = await phone_call(WARM, consult=joiner)
+    asked = "My internet is down, can I talk to a person please"
+    phone.call.session.generate_reply(user_input=asked)
+    await until(lambda: bool(joiner.legs) and bool(joiner.legs[0].said))
+    [leg] = joiner.legs
+    assert f"They said: {asked}." in leg.said[0]
+    assert phone.said == [PROFILE.telephony.transfer_line]
+    # on hold: music after the line, and the caller's words are not turns
+    assert not phone.call.session.input.audio_enabled
+    await until(lambda: len(phone.speaker.segments) >= 2)
+    assert _transfers(livekit_server) == [], "a warm transfer is no SIP REFER"
+
+    leg.keys.append("1")
+    await asyncio.wait_for(phone.call.ended.wait(), timeout=20)
+    assert phone.call.transferred
+    [move] = livekit_server.calls("RoomService/MoveParticipant")
+    assert move.destination_room == "call-room-7"
+    assert _deleted_rooms(livekit_server) == ["call-room-7-consult"], "the caller was hung up"
+    assert phone.said == [PROFILE.telephony.transfer_line]
+
+
+async def test_a_declined_warm_transfer_brings_the_caller_back(phone_call, livekit_server):
+    joiner = FakeConsultJoiner(["2"])
+    phone = await phone_call(WARM, consult=joiner)
+    phone.room.press("0#")
+    await until(lambda: PROFILE.telephony.transfer_failed_line in phone.said)
+    assert not phone.call.transferred and phone.call.session.input.audio_enabled
+    [(_, summary)] = phone.tools.desk.tickets
+    assert summary.startswith("callback:")
+    assert livekit_server.calls("RoomService/MoveParticipant") == []
+    # the caller talks to the agent again
+    phone.call.session.generate_reply(user_input="when are you open")
+    await until(lambda: "We open at nine." in phone.said)
+
+
+async def test_warm_without_an_outbound_trunk_transfers_cold(phone_call, livekit_server):
+    phone = await phone_call(WARM)
+    phone.room.press("0#")
+    await until(lambda: phone.call.transferred)
+    assert len(_transfers(livekit_server)) == 1

@@ -102,6 +102,9 @@ def test_an_agent_gets_only_the_tools_its_profile_grants():
         ("name: x\ntelephony: {keys: {'0': open_safe}}", "telephony.keys.0"),
         ("name: x\ntelephony: {transfer_line: ''}", "telephony.transfer_line"),
         ("name: x\ntelephony: {transfer_nmber: '+15550109999'}", "Extra inputs"),
+        ("name: x\ntelephony: {transfer_mode: lukewarm}", "telephony.transfer_mode"),
+        ("name: x\ntelephony: {transfer_ring_s: 600}", "telephony.transfer_ring_s"),
+        ("name: x\ntelephony: {transfer_ring_s: soon}", "telephony.transfer_ring_s"),
     ],
 )
 def test_a_malformed_profile_is_refused_naming_the_file_and_the_problem(text: str, complaint: str):

@@ -20,7 +20,7 @@ from agent.telephony import (
     transfer_uri,
 )
 from plugins.circuit_breaker import CircuitBreaker
-from tests.fake_room import FakeRoom, FakeSipParticipant, loopback_api
+from tests.fake_room import FakeRoom, FakeSipParticipant, loopback_api, loopback_outbound_trunk
 from tests.loopback.livekit_server import LiveKitServer
 
 
@@ -141,20 +141,12 @@ async def test_hanging_up_deletes_the_room(lkapi, livekit_server):
 # -- dialling out ------------------------------------------------------------------------
 
 
-async def _outbound_trunk(lkapi: api.LiveKitAPI) -> str:
-    info = api.SIPOutboundTrunkInfo(
-        name="out", address="sip.carrier.example", numbers=["+15550142000"]
-    )
-    trunk = await lkapi.sip.create_outbound_trunk(api.CreateSIPOutboundTrunkRequest(trunk=info))
-    return trunk.sip_trunk_id
-
-
 def _settings(**kw: object) -> Settings:
     return Settings(_env_file=None, agent_name="voice-agent", **kw)  # type: ignore[call-arg]
 
 
 async def test_dialling_out_dispatches_the_agent_then_dials_into_its_room(lkapi, livekit_server):
-    trunk_id = await _outbound_trunk(lkapi)
+    trunk_id = await loopback_outbound_trunk(lkapi)
     settings = _settings(sip_outbound_trunk_id=trunk_id)
     placed = await place_call(lkapi, settings, "+15557654321", agent_id=7, organisation_id=3,
                               breaker=CircuitBreaker("sip/t"))  # fmt: skip
@@ -176,7 +168,7 @@ async def test_dialling_out_dispatches_the_agent_then_dials_into_its_room(lkapi,
 
 
 async def test_a_busy_callee_deletes_the_room_it_made(lkapi, livekit_server):
-    settings = _settings(sip_outbound_trunk_id=await _outbound_trunk(lkapi))
+    settings = _settings(sip_outbound_trunk_id=await loopback_outbound_trunk(lkapi))
     livekit_server.options.sip_status = (486, "Busy Here")
     with pytest.raises(SipUnavailable) as err:
         await place_call(lkapi, settings, "+15557654321", breaker=CircuitBreaker("sip/t"))

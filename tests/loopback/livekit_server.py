@@ -39,6 +39,9 @@ class LiveKitOptions(Faults):
     """Refuse dials and transfers as the far end would, e.g. ``(486, "Busy Here")``."""
     methods: frozenset[str] | None = None
     """Apply the shared faults only to these methods (``None``: every method)."""
+    without: frozenset[str] = frozenset()
+    """Methods this server lacks (Twirp's ``bad_route``), e.g. a self-hosted server
+    without ``RoomService/MoveParticipant``."""
 
 
 @dataclass
@@ -97,6 +100,7 @@ class LiveKitServer(LoopbackServer):
             "RoomService/CreateRoom": (room.CreateRoomRequest, self._create_room),
             "RoomService/DeleteRoom": (room.DeleteRoomRequest, self._delete_room),
             "RoomService/ListRooms": (room.ListRoomsRequest, self._list_rooms),
+            "RoomService/MoveParticipant": (room.MoveParticipantRequest, self._move_participant),
             "AgentDispatchService/CreateDispatch": (
                 agent_dispatch.CreateAgentDispatchRequest,
                 self._create_dispatch,
@@ -156,7 +160,7 @@ class LiveKitServer(LoopbackServer):
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         name = f"{request.match_info['service']}/{request.match_info['method']}"
-        entry = self._methods.get(name)
+        entry = self._methods.get(name) if name not in self.options.without else None
         if entry is None:
             return _twirp_error(404, "bad_route", f"no handler for {name}")
         if request.headers.get("Content-Type") != "application/protobuf":
@@ -268,7 +272,9 @@ class LiveKitServer(LoopbackServer):
         if req.sip_trunk_id not in self.state.outbound_trunks:
             raise _TwirpFailure(400, "invalid_argument", f"unknown trunk {req.sip_trunk_id}")
         self._refuse_as_sip("sip_status_code")
-        self.state.sip_participants.append(req)
+        placed = sip.CreateSIPParticipantRequest()
+        placed.CopyFrom(req)  # the state moves on (MoveParticipant); the record stays
+        self.state.sip_participants.append(placed)
         self.state.rooms.add(req.room_name)
         return sip.SIPParticipantInfo(
             participant_id=self._next_id("PA"),
@@ -306,6 +312,18 @@ class LiveKitServer(LoopbackServer):
     def _delete_room(self, req: room.DeleteRoomRequest) -> Message:
         self.state.rooms.discard(req.room)
         return room.DeleteRoomResponse()
+
+    def _move_participant(self, req: room.MoveParticipantRequest) -> Message:
+        dialled = [
+            p
+            for p in self.state.sip_participants
+            if p.room_name == req.room and p.participant_identity == req.identity
+        ]
+        if not dialled:
+            raise _TwirpFailure(404, "not_found", "participant not found in the room")
+        dialled[-1].room_name = req.destination_room
+        self.state.rooms.add(req.destination_room)
+        return room.MoveParticipantResponse()
 
     def _create_dispatch(self, req: agent_dispatch.CreateAgentDispatchRequest) -> Message:
         dispatch = agent_dispatch.AgentDispatch(
@@ -362,6 +380,10 @@ def _verify(authorization: str, method: str, message: Message) -> None:
             raise PermissionError("a transfer needs room admin")
     elif name == "ListRooms" and not claims.video.room_list:
         raise PermissionError(f"{method} needs the roomList grant")
+    elif name == "MoveParticipant":
+        destination = message.destination_room
+        if not (claims.video.room_admin and claims.video.destination_room == destination):
+            raise PermissionError(f"{method} needs room admin and the destination room")
     elif service == "RoomService" and name != "ListRooms" and not claims.video.room_create:
         raise PermissionError(f"{method} needs the roomCreate grant")
     elif service == "AgentDispatchService" and not claims.video.room_admin:
