@@ -10,8 +10,11 @@ cd "$(dirname "$0")"
 # test (and headless machines); tmux: gives the console a terminal in tests;
 # espeak-ng: phonemizer data for voices; python3.11-venv: creating .venv.
 APT_PACKAGES=(libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2-plugins tmux espeak-ng)
-# --tests (test.sh): chromium too, the headless browser the call page's tests drive
+# --tests (test.sh): chromium too, the headless browser the call page's tests drive, and
+# the diarization extra (its tests run too); --diarization: that extra alone
 [ "${1:-}" = "--tests" ] && APT_PACKAGES+=(chromium)
+DIARIZATION=0
+case "${1:-}" in --tests|--diarization) DIARIZATION=1 ;; esac
 PYTHON="${PYTHON:-python3.11}"
 
 missing=()
@@ -56,6 +59,19 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q --require-hashes -r requirements.lock
     echo "$want" > "$stamp"
+fi
+
+# Offline diarization (requirements-diarization.lock): resemblyzer's voice encoder weights,
+# scipy, pyannote.metrics. --no-deps: every package it needs is in one lock or the other,
+# and resemblyzer's own dependencies (torch, librosa) are deliberately left out.
+if [ "$DIARIZATION" = 1 ]; then
+    dz_stamp=.venv/.requirements-diarization.lock.sha256
+    dz_want=$(cat requirements.lock requirements-diarization.lock | sha256sum | cut -d' ' -f1)
+    if [ "$(cat "$dz_stamp" 2>/dev/null)" != "$dz_want" ]; then
+        echo "setup: installing the diarization extra" >&2
+        .venv/bin/python -m pip install -q --no-deps --require-hashes -r requirements-diarization.lock
+        echo "$dz_want" > "$dz_stamp"
+    fi
 fi
 
 # The sidecar's /call page: livekit-client (pinned in billing/web/package-lock.json)

@@ -27,6 +27,7 @@ from agent.dtmf import KeyPresses, parse_dtmf_script
 from agent.settings import Settings
 from billing.cli import add_commands as add_sidecar_commands
 from billing.settings import SidecarSettings
+from storage.speakers import EXPORT_FORMATS
 
 _Settings = TypeVar("_Settings", Settings, SidecarSettings)
 
@@ -101,6 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("--config", required=True, type=Path, help="the numbers file (sip.yaml)")
     prov.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
 
+    diarize = sub.add_parser("diarize", help="who spoke when in an audio file, offline")
+    diarize.add_argument("file", type=Path, help="WAV, FLAC, Ogg, MP3 or AIFF, any rate")
+    diarize.add_argument("--speakers", type=_speaker_count, help="how many people speak (1-20)")
+    diarize.add_argument(
+        "--format", choices=EXPORT_FORMATS, default="rttm", help="what to print (default: rttm)"
+    )
+    diarize.add_argument(
+        "--model-dir", type=Path, help="a pyannote pipeline directory (DIARIZATION_MODEL_DIR)"
+    )
+    sub.add_parser(
+        "diarize-worker",
+        help="run the sidecar's diarization jobs from Redis (RQ), until stopped",
+    )
+
     call = sub.add_parser("call", help="phone a number: the agent calls out through the trunk")
     call.add_argument("number", type=_phone_number, help="the number to call (E.164)")
     call.add_argument("--agent-id", type=_positive_int, help="the sidecar's agent that talks")
@@ -114,6 +129,12 @@ AGENT_HELP = "the agent profile to run (YAML; default: AGENT_PROFILE, else the b
 def _positive_int(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 2**31 - 1:
         raise argparse.ArgumentTypeError(f"must be a whole number 1..2147483647, got {text!r}")
+    return int(text)
+
+
+def _speaker_count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 20:
+        raise argparse.ArgumentTypeError(f"a number of speakers from 1 to 20, not {text!r}")
     return int(text)
 
 
@@ -168,6 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "sidecar":
             return run_sidecar(args, load_settings(SidecarSettings))
+        if args.command == "diarize":
+            return run_diarize(args)
+        if args.command == "diarize-worker":
+            return run_diarize_worker(load_settings(SidecarSettings))
         settings = load_settings()
         if args.command == "console":
             _, rest = take_agent_option(argv[1:])
@@ -512,3 +537,73 @@ def run_sidecar(args: argparse.Namespace, settings: SidecarSettings) -> int:
         return run(args, settings)
     except SidecarCommandError as exc:
         raise StartupError(str(exc)) from exc
+
+
+def run_diarize(args: argparse.Namespace) -> int:
+    """One file, here and now: turns on stdout, progress on stderr."""
+    from storage.diarization import DiarizationError, diarizer_for
+    from storage.speakers import export
+    from storage.uploads import UploadRefused, read_mono
+    from storage.voice_encoder import SAMPLE_RATE_HZ
+
+    if not args.file.is_file():
+        raise StartupError(f"{args.file}: no such file")
+    try:
+        audio = read_mono(args.file, SAMPLE_RATE_HZ, max_seconds=DIARIZE_MAX_S)
+        diarizer = diarizer_for(args.model_dir or _env_path("DIARIZATION_MODEL_DIR"))
+
+        def progress(share: float) -> None:
+            filled = int(share * 30)
+            print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {share:4.0%}", end="", file=sys.stderr)
+
+        turns = diarizer.diarize(audio, speakers=args.speakers, progress=progress)
+    except (UploadRefused, DiarizationError) as exc:
+        raise StartupError(f"{args.file}: {exc}") from None
+    finally:
+        print(file=sys.stderr)
+    sys.stdout.write(export(turns, args.format, name=args.file.stem))
+    return 0
+
+
+DIARIZE_MAX_S = 4 * 3600.0
+"""The CLI decodes the whole file into memory (16 kHz float: 230 MB an hour)."""
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name, "")
+    return Path(value) if value else None
+
+
+def run_diarize_worker(settings: SidecarSettings) -> int:
+    """An RQ worker on the sidecar's diarization queue (needs REDIS_URL and the
+    recording keys; the sidecar enqueues, this runs)."""
+    import redis
+    from rq import Worker
+
+    from agent.logs import configure_logging
+    from storage import diarization_jobs
+    from storage.db import make_engine
+
+    configure_logging(settings.log_level, settings.log_format or "json")
+    try:
+        config = settings.config()
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    if config.redis_url is None:
+        raise StartupError("diarize-worker needs REDIS_URL (without it the sidecar runs jobs)")
+    if config.recording_keyring is None:
+        raise StartupError("diarize-worker needs RECORDING_KEYS to open recordings")
+    connection = redis.Redis.from_url(config.redis_url)
+    try:
+        connection.ping()
+    except redis.RedisError as exc:
+        raise StartupError(f"Redis at REDIS_URL is not reachable: {exc}") from None
+    diarization_jobs.RQ_CONTEXT = diarization_jobs.JobContext(
+        make_engine(config.database_url),
+        config.recordings_dir,
+        config.recording_keyring,
+        config.diarization_model_dir,
+    )
+    queue = diarization_jobs.queue_name(config.key_prefix)
+    Worker([queue], connection=connection).work(with_scheduler=True)
+    return 0

@@ -89,6 +89,11 @@ class SidecarConfig:
     """Phone callers one organisation may have waiting at the concurrency limit; 0: none
     wait (refused at once, as browser users always are)."""
     key_prefix: str = "va:"
+    diarization_model_dir: Path | None = None
+    """A pyannote pipeline directory; None: the embedding diarizer (storage.diarization)."""
+    diarize_workers: int = 1
+    """Diarization jobs run at once in this process (without Redis; with it, RQ workers
+    run them: ``python agent.py diarize-worker``)."""
 
     def __post_init__(self) -> None:
         if len(self.service_token) < MIN_SECRET_CHARS:

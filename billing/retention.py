@@ -1,13 +1,15 @@
 """How long recordings live, and erasing a call's personal data on request.
 
 ``purge_expired_recordings``: each organisation's recordings older than its
-``recording_retention_days`` are deleted (the file, then the row), one audit entry per
+``recording_retention_days`` are deleted (the file, then the row, and what was worked out
+from it: diarization jobs and their turns), one audit entry per
 organisation per sweep. The sidecar sweeps every hour while it serves, and
 ``python agent.py sidecar purge-expired`` sweeps once.
 
 ``erase_call``: everything personal a call left is removed (its recordings, files and
-rows, and the caller's masked number on its row); what it cost stays, because the ledger
-is the organisation's billing history, and holds no one's voice or number.
+rows, their diarizations, and the caller's masked number on its row); what it cost
+stays, because the ledger is the organisation's billing history, and holds no one's voice
+or number.
 
 A file is deleted before its row: if that fails the row stays and the next sweep (or a
 retried erasure) tries again, so a row never says "gone" while the audio is on disk.
@@ -32,12 +34,14 @@ from storage.models import (
     AuditLog,
     BillingEvent,
     Call,
+    DiarizationJob,
     Notification,
     Organisation,
     Payment,
     Recording,
     UsageRecord,
     User,
+    Voiceprint,
     utcnow,
 )
 
@@ -70,6 +74,15 @@ def _delete_files(recordings_dir: Path, recordings: list[Recording]) -> int:
     return removed
 
 
+def _delete_jobs(session: Session, recordings: list[Recording]) -> int:
+    """The diarization jobs (and their results: who spoke when) of ``recordings``."""
+    ids = [r.id for r in recordings]
+    result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+        delete(DiarizationJob).where(col(DiarizationJob.recording_id).in_(ids))
+    )
+    return int(result.rowcount or 0)
+
+
 def purge_expired_recordings(
     engine: Engine, recordings_dir: Path, *, now: datetime | None = None
 ) -> dict[int, int]:
@@ -98,6 +111,7 @@ def purge_expired_recordings(
             if not expired:
                 continue
             _delete_files(recordings_dir, expired)
+            _delete_jobs(session, expired)
             for recording in expired:
                 recording.deleted_at = now
                 session.add(recording)
@@ -152,6 +166,8 @@ def erase_caller_number(
 
 
 ORGANISATION_TABLES: tuple[type[SQLModel], ...] = (
+    DiarizationJob,
+    Voiceprint,
     Recording,
     UsageRecord,
     BillingEvent,
@@ -214,6 +230,7 @@ def erase_call(
     if call is None and not recordings:
         return None
     files = _delete_files(recordings_dir, recordings)
+    _delete_jobs(session, recordings)
     for recording in recordings:
         session.delete(recording)
     had_number = call is not None and call.caller_number_masked is not None

@@ -50,6 +50,11 @@ class SidecarSettings(BaseSettings):
     reached (``HOLD_QUEUE_MAX``); 0: refuse at once."""
     notify_webhook_url: str | None = None
     notify_webhook_secret: SecretStr = SecretStr("")
+    diarization_model_dir: Path | None = None
+    """A pyannote pipeline directory (``config.yaml`` naming local checkpoints); unset:
+    the embedding diarizer (``setup.sh --diarization``)."""
+    diarize_workers: int = Field(default=1, ge=1, le=16)
+    """Diarization jobs run at once inside the sidecar (without ``REDIS_URL``)."""
 
     data_dir: Path = Path("data")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -75,6 +80,8 @@ class SidecarSettings(BaseSettings):
             rate_limit_webhook_per_ip=self.sidecar_rate_limit_webhook_per_ip,
             rate_limit_window_s=self.sidecar_rate_limit_window_s,
             hold_queue_max=self.hold_queue_max,
+            diarization_model_dir=self.diarization_model_dir,
+            diarize_workers=self.diarize_workers,
             caller_id_secret=self.caller_id_secret.get_secret_value() or None,
             recording_keyring=Keyring.from_settings(
                 {k: v.get_secret_value() for k, v in self.recording_keys.items()},

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from annotated_types import Ge, Le
-from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 ROW_ID_MAX = 2**31 - 1
@@ -220,6 +220,54 @@ class Recording(SQLModel, table=True):
     duration_s: float | None = None
     created_at: datetime = Field(default_factory=utcnow)
     deleted_at: datetime | None = None
+
+
+class JobStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    done = "done"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class DiarizationJob(SQLModel, table=True):
+    """Who spoke when in one recording, worked out offline (storage.diarization_jobs)."""
+
+    __tablename__ = "diarization_jobs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    organisation_id: int = Field(foreign_key="organisations.id", index=True)
+    recording_id: int = Field(foreign_key="recordings.id", index=True)
+    status: str = Field(default=JobStatus.queued.value, max_length=20, index=True)
+    """A :class:`JobStatus`."""
+    progress: float = 0.0
+    """Share done, 0-1."""
+    speakers: int | None = None
+    """How many voices there are, when the submitter knew; None: found by clustering."""
+    identify: bool = False
+    """Name speakers whose voice matches one of the organisation's voiceprints."""
+    attempts: int = 0
+    backend: str | None = Field(default=None, max_length=30)
+    error_reason: str | None = Field(default=None, max_length=30)
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    result: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    """The turns, JSON: ``[{"start_s", "end_s", "speaker"}, ...]``."""
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Voiceprint(SQLModel, table=True):
+    """A known person's voice (a speaker embedding), to name them in diarizations."""
+
+    __tablename__ = "voiceprints"
+    __table_args__ = (UniqueConstraint("organisation_id", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    organisation_id: int = Field(foreign_key="organisations.id", index=True)
+    name: str = Field(max_length=100)
+    embedding: bytes = Field(sa_type=LargeBinary, nullable=False)
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class Notification(SQLModel, table=True):

@@ -64,15 +64,20 @@ def sniff(head: bytes) -> str:
     )
 
 
-def seal_upload(source: Path, target: Path, keyring: Keyring) -> SealedUpload:
-    """Decode ``source`` and seal it at ``target``; UploadRefused when it is not audio we
-    can read, is too short, or has too many channels (``target`` is then not left)."""
+def _open_audio(source: Path) -> tuple[str, sf.SoundFile]:
+    """The file's sniffed kind and a decoder for it; UploadRefused if it is neither."""
     with source.open("rb") as f:
         kind = sniff(f.read(12))
     try:
-        audio = sf.SoundFile(source)
+        return kind, sf.SoundFile(source)
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise UploadRefused(f"the {kind} file cannot be decoded ({exc})") from None
+
+
+def seal_upload(source: Path, target: Path, keyring: Keyring) -> SealedUpload:
+    """Decode ``source`` and seal it at ``target``; UploadRefused when it is not audio we
+    can read, is too short, or has too many channels (``target`` is then not left)."""
+    kind, audio = _open_audio(source)
     with audio:
         if not 1 <= audio.channels <= MAX_CHANNELS:
             raise UploadRefused(f"{audio.channels} channels; at most {MAX_CHANNELS}")
@@ -95,3 +100,29 @@ def seal_upload(source: Path, target: Path, keyring: Keyring) -> SealedUpload:
             )
         writer.close()
     return SealedUpload(kind, audio.samplerate, audio.channels, round(duration_s, 3))
+
+
+def read_mono(source: Path, sample_rate_hz: int, *, max_seconds: float) -> np.ndarray:
+    """An audio file (format sniffed, as for uploads) as mono float32 at ``sample_rate_hz``,
+    decoded and resampled block by block; UploadRefused when it is not audio we can read,
+    is shorter than :data:`MIN_SECONDS` or longer than ``max_seconds``."""
+    import soxr
+
+    kind, audio = _open_audio(source)
+    with audio:
+        if audio.frames > max_seconds * audio.samplerate:
+            raise UploadRefused(f"longer than {max_seconds:.0f} s")
+        resampler = soxr.ResampleStream(audio.samplerate, sample_rate_hz, 1, dtype="float32")
+        pieces = []
+        try:
+            for block in audio.blocks(BLOCK_FRAMES, dtype="float32", always_2d=True):
+                pieces.append(resampler.resample_chunk(block.mean(axis=1)))
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise UploadRefused(f"the {kind} file is damaged ({exc})") from None
+        pieces.append(resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+    mono = np.concatenate(pieces)
+    if len(mono) < MIN_SECONDS * sample_rate_hz:
+        raise UploadRefused(
+            f"{len(mono) / sample_rate_hz:.2f} s of audio: too short (at least {MIN_SECONDS} s)"
+        )
+    return mono

@@ -30,7 +30,16 @@ from billing.api.app import create_app
 from billing.config import SidecarConfig
 from billing.keys import issue_key
 from storage.db import make_engine
-from storage.models import ApiKey, Call, Organisation, Recording, Role, User
+from storage.models import (
+    ApiKey,
+    Call,
+    DiarizationJob,
+    Organisation,
+    Recording,
+    Role,
+    User,
+    Voiceprint,
+)
 from tests.billing_seed import seed_agent, seed_org
 from tests.services import migrated_database
 
@@ -173,6 +182,25 @@ class Seeder:
             session.commit()
             assert recording.id is not None
             return recording.id
+
+    def diarization_job(self, organisation_id: int, recording_id: int) -> int:
+        """A queued diarization job of the recording."""
+        with Session(self.engine) as session:
+            job = DiarizationJob(organisation_id=organisation_id, recording_id=recording_id)
+            session.add(job)
+            session.commit()
+            assert job.id is not None
+            return job.id
+
+    def voiceprint(self, organisation_id: int, name: str) -> int:
+        """An enrolled voice (an embedding of zeros but one)."""
+        embedding = bytes(4 * 255) + b"\x00\x00\x80\x3f"  # float32 1.0 last
+        with Session(self.engine) as session:
+            row = Voiceprint(organisation_id=organisation_id, name=name, embedding=embedding)
+            session.add(row)
+            session.commit()
+            assert row.id is not None
+            return row.id
 
     def count(self, model: type[SQLModel], **where: Any) -> int:
         """Rows of ``model`` matching ``where`` (column=value)."""

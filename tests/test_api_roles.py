@@ -73,6 +73,17 @@ MATRIX: list[tuple[str, str, dict[str, Any] | None, int, int, int]] = [
     ("DELETE", "/v1/recordings/{other_recording}",          None,                 204,  404,  403),
     ("POST",   "/v1/erasures/caller-number",                A_NUMBER,             503,  403,  403),
     ("POST",   "/v1/tokens",                                {"agent_id": 2**30},  404,  404,  404),
+    # the shared sidecar has no recording keys: diarization is 503 where it is allowed
+    ("POST",   "/v1/recordings/{own_recording}/diarize",    EMPTY,                503,  503,  403),
+    ("POST",   "/v1/recordings/{other_recording}/diarize",  EMPTY,                503,  404,  403),
+    ("GET",    "/v1/jobs/{own_job}",                        None,                 200,  200,  403),
+    ("GET",    "/v1/jobs/{other_job}",                      None,                 200,  404,  403),
+    ("GET",    "/v1/jobs/{own_job}/result",                 None,                 409,  409,  403),
+    ("DELETE", "/v1/jobs/{own_job}",                        None,                 200,  200,  403),
+    ("DELETE", "/v1/jobs/{other_job}",                      None,                 200,  404,  403),
+    ("GET",    "/v1/voiceprints",                           None,                 200,  403,  403),
+    ("POST",   "/v1/voiceprints?name=Maria",                None,                 415,  403,  403),
+    ("DELETE", "/v1/voiceprints/{voiceprint}",              None,                 204,  403,  403),
 ]
 # fmt: on
 
@@ -98,7 +109,7 @@ NOT_KEYED = {
 
 
 def _route_shape(path: str) -> str:
-    return re.sub(r"\{[^}]*\}", "{}", path)
+    return re.sub(r"\{[^}]*\}", "{}", path.split("?")[0])
 
 
 def _cases() -> list[Any]:
@@ -163,6 +174,18 @@ class Targets:
     @cached_property
     def other_recording(self) -> int:
         return self.seed.recording(self.org, self.other_call)
+
+    @cached_property
+    def own_job(self) -> int:
+        return self.seed.diarization_job(self.org, self.own_recording)
+
+    @cached_property
+    def other_job(self) -> int:
+        return self.seed.diarization_job(self.org, self.other_recording)
+
+    @cached_property
+    def voiceprint(self) -> int:
+        return self.seed.voiceprint(self.org, f"person-{self.caller.key_prefix}")
 
     def fill(self, value: Any) -> Any:
         if isinstance(value, str):

@@ -25,7 +25,7 @@ def test_migrations_create_exactly_the_models_schema(engine, database_url):
 def test_upgrading_twice_changes_nothing(engine, database_url):
     upgrade(database_url)
     with engine.connect() as conn:
-        assert MigrationContext.configure(conn).get_current_revision() == "0007"
+        assert MigrationContext.configure(conn).get_current_revision() == "0008"
 
 
 def test_an_existing_database_is_upgraded_to_64_bit_money_keeping_its_rows(database_url):

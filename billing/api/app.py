@@ -28,6 +28,7 @@ from billing.api.routes import (
     billing_events,
     call_page,
     calls,
+    diarization,
     erasures,
     health,
     keys,
@@ -63,6 +64,7 @@ ROUTERS = (
     notifications.router,
     recordings.router,
     recordings.internal_router,
+    diarization.router,
     payments.router,
     admissions.router,
     billing_events.router,
@@ -119,6 +121,7 @@ def create_app(config: SidecarConfig, *, engine: Engine | None = None) -> FastAP
         larger={
             RECORDINGS_UPLOAD_PATH: config.max_recording_bytes,
             "/v1/recordings": config.max_recording_bytes,  # uploads of one's own audio
+            "/v1/voiceprints": diarization.VOICEPRINT_MAX_BYTES,  # an enrolment clip
         },
     )
     app.add_middleware(RateLimitMiddleware, limits=resources.rate_limits, config=config)

@@ -21,6 +21,7 @@ from billing.api.workers import LiveWorkers
 from billing.config import SidecarConfig
 from billing.notify import Notifier
 from storage.db import make_engine
+from storage.diarization_jobs import JobContext, JobQueue, RqJobQueue, ThreadJobQueue
 from storage.hold_queue import HoldQueue, MemoryHoldQueue, RedisHoldQueue
 from storage.leases import LeaseStore, MemoryLeaseStore, RedisLeaseStore
 from storage.rate_limits import MemoryRateLimiter, RateLimiter, RedisRateLimiter
@@ -45,11 +46,15 @@ class SidecarResources:
     admissions: AdmissionController
     metrics: SidecarMetrics
     workers: LiveWorkers
+    jobs: JobQueue | None = None
+    """Where diarization jobs go (storage.diarization_jobs); None without recording keys."""
 
     def close(self) -> None:
         """Let notifications in flight finish (briefly), close Redis, dispose the engine."""
         if not self.notifier.drain(NOTIFIER_DRAIN_S):
             logger.warning("shutting down with admin notifications still being delivered")
+        if self.jobs is not None:
+            self.jobs.close()
         if self.redis is not None:
             self.redis.close()
         self.engine.dispose()
@@ -114,4 +119,20 @@ def build_resources(config: SidecarConfig, *, engine: Engine | None = None) -> S
         ),
         metrics=metrics,
         workers=workers,
+        jobs=_job_queue(config, engine, client),
     )
+
+
+def _job_queue(
+    config: SidecarConfig, engine: Engine, client: redis.Redis | None
+) -> JobQueue | None:
+    """RQ on Redis when there is Redis (diarize-worker processes run the jobs), else a
+    thread pool here; None without recording keys (no recording can be opened)."""
+    if config.recording_keyring is None:
+        return None
+    if client is not None:
+        return RqJobQueue(client, config.key_prefix)
+    context = JobContext(
+        engine, config.recordings_dir, config.recording_keyring, config.diarization_model_dir
+    )
+    return ThreadJobQueue(context, workers=config.diarize_workers)

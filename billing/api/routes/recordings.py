@@ -45,7 +45,7 @@ from billing.api.errors import (
 from billing.api.resources import SidecarResources
 from billing.config import SidecarConfig
 from billing.internal_api import RECORDINGS_UPLOAD_PATH
-from storage.models import Agent, Call, Recording, Role, RowId, utcnow
+from storage.models import Agent, Call, DiarizationJob, Recording, Role, RowId, utcnow
 from storage.recording_files import (
     Keyring,
     RecordingError,
@@ -110,11 +110,11 @@ async def store_recording(
     """The body is the ``.varec`` file the worker wrote, streamed to disk, then opened
     whole with the sidecar's keys (a file cut short or changed is refused, and nothing is
     kept). Storing the same call again replaces it."""
-    keyring = _keyring(resources.config)
+    keyring = keyring_of(resources.config)
     root = resources.config.recordings_dir
     incoming = root / ".incoming" / f"{organisation_id}-{call_id}-{uuid.uuid4().hex[:8]}"
     try:
-        digest = await _receive(request, incoming)
+        digest = await receive_body(request, incoming)
         info, pcm_bytes = await anyio.to_thread.run_sync(_check_sealed, incoming, keyring)
         final = root / str(organisation_id) / f"{call_id}.varec"
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -145,14 +145,14 @@ async def store_recording(
     return RecordingStored(id=recording_id, duration_s=duration_s)
 
 
-def _keyring(config: SidecarConfig) -> Keyring:
+def keyring_of(config: SidecarConfig) -> Keyring:
     """The keys recordings are sealed with; 503 when this sidecar has none."""
     if config.recording_keyring is None:
         raise ServiceUnavailable("this sidecar has no RECORDING_KEYS", reason="no_recording_keys")
     return config.recording_keyring
 
 
-async def _receive(request: Request, path: FilePath) -> str:
+async def receive_body(request: Request, path: FilePath) -> str:
     """Stream the request's body to ``path`` (its size bounded by the body-limit
     middleware); the body's sha256."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,14 +211,14 @@ async def upload_recording(
     sidecar's limit; its format is read from its content (WAV, FLAC, Ogg, MP3, AIFF, any
     rate, up to 8 channels), and it is kept sealed like a call recording, as
     ``upload-<id>``."""
-    keyring = _keyring(resources.config)
+    keyring = keyring_of(resources.config)
     root = resources.config.recordings_dir
     name = f"upload-{uuid.uuid4().hex[:16]}"
     incoming = root / ".incoming" / name
     final = root / str(principal.organisation_id) / f"{name}.varec"
     final.parent.mkdir(parents=True, exist_ok=True)
     try:
-        await _receive(request, incoming)
+        await receive_body(request, incoming)
         try:
             sealed = await anyio.to_thread.run_sync(seal_upload, incoming, final, keyring)
         except UploadRefused as exc:
@@ -281,7 +281,7 @@ def download_recording(
     """A sealed call recording as a WAV file (decrypted as it streams; a file that fails
     to open is a 500 and an error in the log, never audio that is not what was
     recorded); a file stored as it came, as it is."""
-    recording = _get_recording(session, principal, recording_id)
+    recording = get_recording(session, principal, recording_id)
     path = _file_path(resources.config, recording)
     if not path.is_file():
         logger.error("recording file missing", extra={"recording_id": recording.id})
@@ -318,16 +318,16 @@ def recording_speakers(
     format: Annotated[Literal["rttm", "json", "srt", "vtt", "txt", "csv", "tsv"], Query()] = "json",
 ) -> Response:
     """A call the worker recorded has the caller on one channel and the agent on the
-    other: its turns come from the channels (storage.speakers). Other audio needs a
-    diarization model, which this sidecar does not have yet."""
-    recording = _get_recording(session, principal, recording_id)
+    other: its turns come from the channels (storage.speakers), at once. Other audio is
+    diarized by a job: ``POST /v1/recordings/{id}/diarize``."""
+    recording = get_recording(session, principal, recording_id)
     if recording.channels != 2 or recording.key_id is None or recording.sample_rate is None:
         raise Unprocessable(
             "speaker turns come from a two-channel call recording (caller and agent); "
-            "diarizing other audio is not available yet",
+            "diarize other audio with POST /v1/recordings/{id}/diarize",
             reason="not_a_call_recording",
         )
-    keyring = _keyring(resources.config)
+    keyring = keyring_of(resources.config)
     path = _file_path(resources.config, recording)
     try:
         _, chunks = open_recording(path, keyring)
@@ -352,10 +352,14 @@ def delete_recording(
     """Removes the file and marks the recording deleted. The deletion is reported only
     once the file is gone: if removing it fails, nothing is marked and the error is a
     500, so the caller retries."""
-    recording = _get_recording(session, principal, recording_id)
+    recording = get_recording(session, principal, recording_id)
     path = _file_path(resources.config, recording)
     recording.deleted_at = utcnow()
     session.add(recording)
+    for job in session.exec(
+        select(DiarizationJob).where(DiarizationJob.recording_id == recording.id)
+    ).all():
+        session.delete(job)  # who spoke when in it goes with it
     audit(
         session,
         principal,
@@ -373,7 +377,7 @@ def delete_recording(
 
 
 def _decrypted_wav(config: SidecarConfig, path: FilePath, recording: Recording) -> Response:
-    keyring = _keyring(config)
+    keyring = keyring_of(config)
     try:
         info, chunks = open_recording(path, keyring)
         pcm_bytes = pcm_length(path)
@@ -421,7 +425,7 @@ def _visible_recordings(principal: Principal) -> SelectOfScalar[Recording]:
     return query
 
 
-def _get_recording(session: Session, principal: Principal, recording_id: int) -> Recording:
+def get_recording(session: Session, principal: Principal, recording_id: int) -> Recording:
     recording = session.exec(
         _visible_recordings(principal).where(Recording.id == recording_id)
     ).first()

@@ -1,0 +1,321 @@
+"""Diarization jobs: a recording's "who spoke when", worked out off the request path.
+
+    POST /v1/recordings/{id}/diarize -> a ``diarization_jobs`` row (queued)
+      -> a queue: :class:`ThreadJobQueue` in the sidecar's process, or RQ on Redis
+         (:class:`RqJobQueue`; ``python agent.py diarize-worker`` processes run them)
+      -> :func:`run_job`: open the sealed recording, mix to 16 kHz mono, diarize
+         (storage.diarization), name enrolled voices, store the turns on the row
+
+The row is the job's state for everyone: ``progress`` is written as the work goes (at most
+every :data:`PROGRESS_EVERY_S`), and the worker reads ``status`` back at each step, so a
+cancellation (``DELETE /v1/jobs/{id}``) stops it at the next one. A job past its deadline
+(:func:`timeout_for`, scaled to the audio's length) fails with reason ``timeout``.
+Failures a retry cannot fix (too short, no model) fail at once with their reason; anything
+else is retried up to :data:`MAX_ATTEMPTS` times with backoff (:data:`RETRY_BACKOFF_S`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import redis
+import soxr
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from storage.diarization import (
+    DiarizationError,
+    Diarizer,
+    EmbeddingDiarizer,
+    diarizer_for,
+    identify,
+)
+from storage.models import DiarizationJob, JobStatus, Recording, Voiceprint, utcnow
+from storage.recording_files import Keyring, RecordingError, open_recording
+from storage.speakers import Turn
+from storage.voice_encoder import SAMPLE_RATE_HZ, from_bytes
+
+log = logging.getLogger("storage.diarization_jobs")
+
+MAX_ATTEMPTS = 3
+RETRY_BACKOFF_S = (5.0, 30.0)
+"""Waits before the second and third attempts."""
+PROGRESS_EVERY_S = 0.5
+OPEN_JOBS_PER_ORGANISATION = 3
+"""Queued or running jobs one organisation may have; more are refused (429)."""
+
+
+def timeout_for(duration_s: float | None) -> float:
+    """How long a job may run: a minute plus four times the audio's length (the
+    embedding diarizer runs at ~0.03 times real time here; pyannote's at ~3)."""
+    return 60.0 + 4.0 * (duration_s or 3600.0)
+
+
+class JobCancelled(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What running a job needs besides its row."""
+
+    engine: Engine
+    recordings_dir: Path
+    keyring: Keyring
+    model_dir: Path | None = None
+    """``DIARIZATION_MODEL_DIR``: a pyannote pipeline; None: the embedding diarizer."""
+
+
+_diarizers: dict[Path | None, Diarizer] = {}
+_diarizers_lock = threading.Lock()
+
+
+def _diarizer(model_dir: Path | None) -> Diarizer:
+    """One diarizer per model per process (its weights load once)."""
+    with _diarizers_lock:
+        if model_dir not in _diarizers:
+            _diarizers[model_dir] = diarizer_for(model_dir)
+        return _diarizers[model_dir]
+
+
+def recording_audio(path: Path, keyring: Keyring) -> tuple[np.ndarray, float]:
+    """A sealed recording as 16 kHz mono float32 (channels averaged), decrypted and
+    resampled chunk by chunk, and its duration in seconds."""
+    info, chunks = open_recording(path, keyring)
+    resampler = soxr.ResampleStream(info.sample_rate, SAMPLE_RATE_HZ, 1, dtype="float32")
+    pieces = []
+    frames = 0
+    leftover = b""
+    for chunk in chunks:
+        data = leftover + chunk
+        usable = len(data) - len(data) % (2 * info.channels)
+        leftover = data[usable:]
+        pcm = np.frombuffer(data[:usable], dtype="<i2").reshape(-1, info.channels)
+        frames += len(pcm)
+        mono = pcm.astype(np.float32).mean(axis=1) / 32768.0
+        pieces.append(resampler.resample_chunk(mono))
+    pieces.append(resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+    return np.concatenate(pieces), frames / info.sample_rate
+
+
+def turns_json(turns: list[Turn]) -> str:
+    return json.dumps(
+        [{"start_s": t.start_s, "end_s": t.end_s, "speaker": t.speaker} for t in turns]
+    )
+
+
+def turns_of(result: str) -> list[Turn]:
+    return [Turn(t["start_s"], t["end_s"], t["speaker"]) for t in json.loads(result)]
+
+
+class _Reporter:
+    """The progress callback: writes progress, notices cancellation and the deadline."""
+
+    def __init__(self, engine: Engine, job_id: int, deadline: float) -> None:
+        self._engine, self._job_id, self._deadline = engine, job_id, deadline
+        self._written_at = 0.0
+
+    def __call__(self, share: float) -> None:
+        now = time.monotonic()
+        if now > self._deadline:
+            raise DiarizationError("failed", "the job ran past its deadline (timeout)")
+        if now - self._written_at < PROGRESS_EVERY_S and share < 1.0:
+            return
+        self._written_at = now
+        with Session(self._engine) as session:
+            job = session.get(DiarizationJob, self._job_id)
+            if job is None or job.status == JobStatus.cancelled:
+                raise JobCancelled()
+            job.progress = round(min(max(share, 0.0), 1.0), 3)
+            session.add(job)
+            session.commit()
+
+
+def run_job(context: JobContext, job_id: int) -> bool:
+    """Run one attempt of job ``job_id``. True when the job is over (done, failed,
+    cancelled, gone); False when it should be tried again (it is queued again)."""
+    with Session(context.engine) as session:
+        job = session.get(DiarizationJob, job_id)
+        if job is None or job.status not in (JobStatus.queued, JobStatus.running):
+            return True
+        recording = session.get(Recording, job.recording_id)
+        job.status = JobStatus.running
+        job.attempts += 1
+        job.started_at = job.started_at or utcnow()
+        session.add(job)
+        session.commit()
+        attempt, speakers, named = job.attempts, job.speakers, job.identify
+        organisation_id = job.organisation_id
+        duration_s = recording.duration_s if recording else None
+        path = (
+            context.recordings_dir / recording.path
+            if recording is not None and recording.deleted_at is None
+            else None
+        )
+    extra = {"job_id": job_id, "attempt": attempt}
+    started = time.monotonic()
+    reporter = _Reporter(context.engine, job_id, started + timeout_for(duration_s))
+    try:
+        if path is None:
+            raise DiarizationError("unsupported", "the recording was deleted")
+        try:
+            audio, _ = recording_audio(path, context.keyring)
+        except (RecordingError, OSError) as exc:
+            raise DiarizationError(
+                "unsupported", f"the recording cannot be opened: {exc}"
+            ) from None
+        reporter(0.02)
+        diarizer = _diarizer(context.model_dir)
+        if named and isinstance(diarizer, EmbeddingDiarizer):
+            clustered = diarizer.cluster(audio, speakers=speakers, progress=reporter)
+            turns = identify(clustered, _voiceprints(context.engine, organisation_id))
+        else:
+            turns = diarizer.diarize(audio, speakers=speakers, progress=reporter)
+        _finish(context.engine, job_id, JobStatus.done, result=turns_json(turns),
+                backend=diarizer.name)  # fmt: skip
+        log.info(
+            "diarization done",
+            extra={**extra, "speakers": len({t.speaker for t in turns}),
+                   "seconds": round(time.monotonic() - started, 2)},
+        )  # fmt: skip
+        return True
+    except JobCancelled:
+        log.info("diarization cancelled", extra=extra)
+        return True
+    except DiarizationError as exc:
+        reason = "timeout" if "timeout" in str(exc) else exc.reason
+        log.warning("diarization failed", extra={**extra, "reason": reason, "error": str(exc)})
+        _finish(context.engine, job_id, JobStatus.failed, error=str(exc), reason=reason)
+        return True
+    except Exception as exc:
+        log.exception("diarization attempt failed", extra=extra)
+        if attempt >= MAX_ATTEMPTS:
+            _finish(context.engine, job_id, JobStatus.failed, error=str(exc), reason="failed")
+            return True
+        _finish(context.engine, job_id, JobStatus.queued, error=str(exc), reason=None)
+        return False
+
+
+def _voiceprints(engine: Engine, organisation_id: int) -> dict[str, np.ndarray]:
+    with Session(engine) as session:
+        rows = session.exec(
+            select(Voiceprint).where(Voiceprint.organisation_id == organisation_id)
+        ).all()
+        return {row.name: from_bytes(row.embedding) for row in rows}
+
+
+def _finish(
+    engine: Engine,
+    job_id: int,
+    status: JobStatus,
+    *,
+    result: str | None = None,
+    error: str | None = None,
+    reason: str | None = None,
+    backend: str | None = None,
+) -> None:
+    with Session(engine) as session:
+        job = session.get(DiarizationJob, job_id)
+        if job is None or job.status == JobStatus.cancelled:
+            return
+        job.status = status
+        job.error, job.error_reason = error, reason
+        if status == JobStatus.done:
+            job.result, job.progress, job.backend = result, 1.0, backend
+        if status in (JobStatus.done, JobStatus.failed):
+            job.finished_at = utcnow()
+        session.add(job)
+        session.commit()
+
+
+def open_jobs(session: Session, organisation_id: int) -> int:
+    """The organisation's queued and running jobs."""
+    return len(
+        session.exec(
+            select(DiarizationJob.id).where(
+                DiarizationJob.organisation_id == organisation_id,
+                col(DiarizationJob.status).in_([JobStatus.queued, JobStatus.running]),
+            )
+        ).all()
+    )
+
+
+class JobQueue(Protocol):
+    def submit(self, job_id: int, *, duration_s: float | None) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ThreadJobQueue:
+    """Jobs run in this process, ``workers`` at a time (the sidecar without Redis)."""
+
+    def __init__(
+        self,
+        context: JobContext,
+        *,
+        workers: int = 1,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._context = context
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="diarize")
+        self._sleep = sleep
+
+    def submit(self, job_id: int, *, duration_s: float | None) -> None:
+        self._pool.submit(self._run, job_id)
+
+    def _run(self, job_id: int) -> None:
+        for wait in (0.0, *RETRY_BACKOFF_S):
+            self._sleep(wait)
+            if run_job(self._context, job_id):
+                return
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+RQ_CONTEXT: JobContext | None = None
+"""Set by ``diarize-worker`` before it starts working (its forked job processes inherit
+it)."""
+
+
+def rq_run(job_id: int) -> None:
+    """The function RQ runs: one attempt; raising makes RQ retry it."""
+    if RQ_CONTEXT is None:
+        raise RuntimeError("diarize-worker did not set up the job context")
+    if not run_job(RQ_CONTEXT, job_id):
+        raise RuntimeError(f"diarization job {job_id} failed; RQ retries it")
+
+
+class RqJobQueue:
+    """Jobs on an RQ queue in Redis, for ``python agent.py diarize-worker`` processes."""
+
+    def __init__(self, connection: redis.Redis, key_prefix: str) -> None:
+        from rq import Queue
+
+        self.queue = Queue(queue_name(key_prefix), connection=connection)
+
+    def submit(self, job_id: int, *, duration_s: float | None) -> None:
+        from rq import Retry
+
+        self.queue.enqueue(
+            rq_run,
+            job_id,
+            job_timeout=int(timeout_for(duration_s)) + 30,
+            retry=Retry(max=MAX_ATTEMPTS - 1, interval=[int(s) for s in RETRY_BACKOFF_S]),
+        )
+
+    def close(self) -> None:
+        pass
+
+
+def queue_name(key_prefix: str) -> str:
+    return f"{key_prefix}diarization"
