@@ -23,8 +23,9 @@ RUN apt-get update \
 RUN useradd --create-home --uid 10001 agent
 WORKDIR /app
 
-COPY requirements.lock .
-RUN pip install --no-cache-dir --require-hashes -r requirements.lock
+COPY requirements.lock requirements-diarization.lock ./
+RUN pip install --no-cache-dir --require-hashes -r requirements.lock \
+    && pip install --no-cache-dir --no-deps --require-hashes -r requirements-diarization.lock
 
 COPY agent.py pyproject.toml sip.yaml ./
 COPY agent ./agent

@@ -33,6 +33,8 @@ def test_the_image_holds_every_package_and_the_built_page():
         assert f"COPY {package} ./{package}" in dockerfile
     assert "COPY --from=web /web/dist ./billing/web/dist" in dockerfile
     assert "--require-hashes -r requirements.lock" in dockerfile
+    # the sidecar's and diarize-worker's diarization jobs need the extra
+    assert "--no-deps --require-hashes -r requirements-diarization.lock" in dockerfile
 
 
 def test_the_compose_example_is_complete():
