@@ -111,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     diarize.add_argument(
         "--model-dir", type=Path, help="a pyannote pipeline directory (DIARIZATION_MODEL_DIR)"
     )
+    diarize.add_argument(
+        "--transcript",
+        action="store_true",
+        help="print the speaker-attributed transcript (English) instead of the turns",
+    )
     sub.add_parser(
         "diarize-worker",
         help="run the sidecar's diarization jobs from Redis (RQ), until stopped",
@@ -542,7 +547,8 @@ def run_sidecar(args: argparse.Namespace, settings: SidecarSettings) -> int:
 def run_diarize(args: argparse.Namespace) -> int:
     """One file, here and now: turns on stdout, progress on stderr."""
     from storage.diarization import DiarizationError, diarizer_for
-    from storage.speakers import export
+    from storage.speakers import attribute_words, export
+    from storage.transcripts import transcribe_words
     from storage.uploads import UploadRefused, read_mono
     from storage.voice_encoder import SAMPLE_RATE_HZ
 
@@ -556,7 +562,13 @@ def run_diarize(args: argparse.Namespace) -> int:
             filled = int(share * 30)
             print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {share:4.0%}", end="", file=sys.stderr)
 
-        turns = diarizer.diarize(audio, speakers=args.speakers, progress=progress)
+        share = 0.6 if args.transcript else 1.0
+        turns = diarizer.diarize(
+            audio, speakers=args.speakers, progress=lambda done: progress(done * share)
+        )
+        if args.transcript:
+            words = transcribe_words(audio, lambda done: progress(share + (1 - share) * done))
+            turns = attribute_words(turns, words)
     except (UploadRefused, DiarizationError) as exc:
         raise StartupError(f"{args.file}: {exc}") from None
     finally:

@@ -4,7 +4,8 @@
       -> a queue: :class:`ThreadJobQueue` in the sidecar's process, or RQ on Redis
          (:class:`RqJobQueue`; ``python agent.py diarize-worker`` processes run them)
       -> :func:`run_job`: open the sealed recording, mix to 16 kHz mono, diarize
-         (storage.diarization), name enrolled voices, store the turns on the row
+         (storage.diarization), name enrolled voices, transcribe if asked (each word to
+         its speaker: storage.transcripts), store the result on the row
 
 The row is the job's state for everyone: ``progress`` is written as the work goes (at most
 every :data:`PROGRESS_EVERY_S`), and the worker reads ``status`` back at each step, so a
@@ -22,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -41,7 +42,8 @@ from storage.diarization import (
 )
 from storage.models import DiarizationJob, JobStatus, Recording, Voiceprint, utcnow
 from storage.recording_files import Keyring, RecordingError, open_recording
-from storage.speakers import Turn
+from storage.speakers import Turn, attribute_words, channel_turns
+from storage.transcripts import transcribe_words
 from storage.voice_encoder import SAMPLE_RATE_HZ, from_bytes
 
 log = logging.getLogger("storage.diarization_jobs")
@@ -50,6 +52,10 @@ MAX_ATTEMPTS = 3
 RETRY_BACKOFF_S = (5.0, 30.0)
 """Waits before the second and third attempts."""
 PROGRESS_EVERY_S = 0.5
+UPLOAD_PREFIX = "upload-"
+"""The ``call_id`` of a recording an organisation uploaded (``POST /v1/recordings``);
+any other two-channel recording is a call the worker recorded, caller left, agent right,
+whose speakers come from its channels."""
 OPEN_JOBS_PER_ORGANISATION = 3
 """Queued or running jobs one organisation may have; more are refused (429)."""
 
@@ -107,14 +113,22 @@ def recording_audio(path: Path, keyring: Keyring) -> tuple[np.ndarray, float]:
     return np.concatenate(pieces), frames / info.sample_rate
 
 
-def turns_json(turns: list[Turn]) -> str:
+def result_json(turns: list[Turn], transcript: list[Turn] | None) -> str:
+    """What a finished job keeps: its turns and, if asked for, the attributed transcript."""
     return json.dumps(
-        [{"start_s": t.start_s, "end_s": t.end_s, "speaker": t.speaker} for t in turns]
+        {
+            "turns": [asdict(t) | {"text": None} for t in turns],
+            "transcript": [asdict(t) for t in transcript] if transcript is not None else None,
+        }
     )
 
 
-def turns_of(result: str) -> list[Turn]:
-    return [Turn(t["start_s"], t["end_s"], t["speaker"]) for t in json.loads(result)]
+def turns_of(result: str, *, transcript: bool = False) -> list[Turn] | None:
+    """The turns (or the transcript's lines; None when the job made none) of a result."""
+    kept = json.loads(result)["transcript" if transcript else "turns"]
+    if kept is None:
+        return None
+    return [Turn(t["start_s"], t["end_s"], t["speaker"], t["text"] or "") for t in kept]
 
 
 class _Reporter:
@@ -140,6 +154,18 @@ class _Reporter:
             session.commit()
 
 
+@dataclass
+class _Scaled:
+    """Progress of one part of a job, reported as its share of the whole."""
+
+    report: Callable[[float], None]
+    start: float
+    end: float
+
+    def __call__(self, share: float) -> None:
+        self.report(self.start + (self.end - self.start) * share)
+
+
 def run_job(context: JobContext, job_id: int) -> bool:
     """Run one attempt of job ``job_id``. True when the job is over (done, failed,
     cancelled, gone); False when it should be tried again (it is queued again)."""
@@ -154,8 +180,14 @@ def run_job(context: JobContext, job_id: int) -> bool:
         session.add(job)
         session.commit()
         attempt, speakers, named = job.attempts, job.speakers, job.identify
+        transcribe = job.transcribe
         organisation_id = job.organisation_id
         duration_s = recording.duration_s if recording else None
+        by_channel = (
+            recording is not None
+            and recording.channels == 2
+            and not recording.call_id.startswith(UPLOAD_PREFIX)
+        )
         path = (
             context.recordings_dir / recording.path
             if recording is not None and recording.deleted_at is None
@@ -174,14 +206,26 @@ def run_job(context: JobContext, job_id: int) -> bool:
                 "unsupported", f"the recording cannot be opened: {exc}"
             ) from None
         reporter(0.02)
-        diarizer = _diarizer(context.model_dir)
-        if named and isinstance(diarizer, EmbeddingDiarizer):
-            clustered = diarizer.cluster(audio, speakers=speakers, progress=reporter)
-            turns = identify(clustered, _voiceprints(context.engine, organisation_id))
+        # with a transcript, diarizing is the first 60 % of the work
+        share = 0.6 if transcribe else 1.0
+        step = _Scaled(reporter, 0.0, share)
+        if by_channel:  # our own call: who spoke when is in its channels, exactly
+            info, chunks = open_recording(path, context.keyring)
+            turns, backend = channel_turns(chunks, info.sample_rate), "channels"
         else:
-            turns = diarizer.diarize(audio, speakers=speakers, progress=reporter)
-        _finish(context.engine, job_id, JobStatus.done, result=turns_json(turns),
-                backend=diarizer.name)  # fmt: skip
+            diarizer = _diarizer(context.model_dir)
+            backend = diarizer.name
+            if named and isinstance(diarizer, EmbeddingDiarizer):
+                clustered = diarizer.cluster(audio, speakers=speakers, progress=step)
+                turns = identify(clustered, _voiceprints(context.engine, organisation_id))
+            else:
+                turns = diarizer.diarize(audio, speakers=speakers, progress=step)
+        transcript = None
+        if transcribe:
+            words = transcribe_words(audio, progress=_Scaled(reporter, share, 1.0))
+            transcript = attribute_words(turns, words)
+        _finish(context.engine, job_id, JobStatus.done, result=result_json(turns, transcript),
+                backend=backend)  # fmt: skip
         log.info(
             "diarization done",
             extra={**extra, "speakers": len({t.speaker for t in turns}),

@@ -246,12 +246,15 @@ class DiarizationJob(SQLModel, table=True):
     """How many voices there are, when the submitter knew; None: found by clustering."""
     identify: bool = False
     """Name speakers whose voice matches one of the organisation's voiceprints."""
+    transcribe: bool = False
+    """Also transcribe it, each word given to the speaker talking at it."""
     attempts: int = 0
     backend: str | None = Field(default=None, max_length=30)
     error_reason: str | None = Field(default=None, max_length=30)
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     result: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    """The turns, JSON: ``[{"start_s", "end_s", "speaker"}, ...]``."""
+    """JSON: ``{"turns": [{"start_s", "end_s", "speaker"}, ...], "transcript": [{"start_s",
+    "end_s", "speaker", "text"}, ...] or null}``."""
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     finished_at: datetime | None = None

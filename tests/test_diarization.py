@@ -211,6 +211,10 @@ def test_the_cli_prints_turns_and_refuses_what_is_not_audio(tmp_path):
     assert {line.split()[7] for line in lines} == {"SPEAKER_00", "SPEAKER_01"}
     assert "100%" in done.stderr  # the progress bar
 
+    said = run(str(DATA / "sample.wav"), "--speakers", "2", "--transcript", "--format", "txt")
+    assert said.returncode == 0, said.stderr
+    assert "Diane in New Jersey" in said.stdout and "SPEAKER_01" in said.stdout
+
     text = tmp_path / "notes.wav"
     text.write_text("not audio at all")
     refused = run(str(text))

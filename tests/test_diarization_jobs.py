@@ -129,6 +129,26 @@ def test_an_uploaded_phone_call_is_diarized_through_the_api(api):
     bad = api.client.get(f"/v1/jobs/{job['id']}/result", params={"format": "docx"},
                          headers=api.admin.headers)  # fmt: skip
     assert bad.status_code == 422
+    untranscribed = api.client.get(f"/v1/jobs/{job['id']}/result", params={"transcript": True},
+                                   headers=api.admin.headers)  # fmt: skip
+    assert untranscribed.status_code == 409 and "transcribe" in untranscribed.text
+
+
+def test_a_transcribed_job_gives_each_speaker_their_words(api):
+    recording = api.upload(wav_bytes(sample_audio(), 16_000))
+    job = api.until_over(api.submit(recording, speakers=2, transcribe=True)["id"])
+    assert job["status"] == "done" and job["transcribe"], job
+    lines = api.client.get(f"/v1/jobs/{job['id']}/result", params={"transcript": True},
+                           headers=api.admin.headers).json()["turns"]  # fmt: skip
+    assert {line["speaker"] for line in lines} == {"SPEAKER_00", "SPEAKER_01"}
+    # the corpus's reference (sample.stm): Diane says "This is Diane in New Jersey", Sheila
+    # "And I'm Sheila in Texas": two different speakers
+    diane = next(line["speaker"] for line in lines if "Diane" in line["text"])
+    sheila = next(line["speaker"] for line in lines if "Sheila" in line["text"])
+    assert diane != sheila
+    params = {"transcript": True, "format": "vtt"}
+    vtt = api.client.get(f"/v1/jobs/{job['id']}/result", params=params, headers=api.admin.headers)
+    assert vtt.text.startswith("WEBVTT") and "Diane" in vtt.text
 
 
 def test_a_voiceprint_names_its_speaker_in_an_identify_job(api):
@@ -328,3 +348,35 @@ def test_deleting_a_recording_removes_its_diarizations(api):
                              headers=api.admin.headers).status_code == 204  # fmt: skip
     with Session(api.context.engine) as session:
         assert session.get(DiarizationJob, job_id) is None
+
+
+def test_a_call_recording_is_split_by_its_channels_and_transcribed(api, tmp_path):
+    """Our own call: the caller (Diane in the corpus call) on the left, the agent (Sheila)
+    on the right; the job takes the speakers from the channels, not from clustering."""
+    from agent.recording import recording_path
+    from storage.recording_files import RecordingWriter
+    from tests.api_client import SERVICE_HEADERS
+
+    audio = sample_audio()
+    stereo = np.zeros((len(audio), 2), dtype=np.float32)
+    for line in (DATA / "sample.stm").read_text().splitlines():
+        _, _, who, start, end, *_ = line.split()
+        a, b = int(float(start) * 16_000), int(float(end) * 16_000)
+        stereo[a:b, 0 if who == "Diane" else 1] = audio[a:b]
+    path = recording_path(tmp_path / "pending", api.admin.organisation_id, "call-D1")
+    writer = RecordingWriter(path, RING, sample_rate=16_000, channels=2)
+    writer.write((stereo * 32767).astype("<i2").tobytes())
+    writer.close()
+    stored = api.client.put(f"/internal/recordings/{api.admin.organisation_id}/call-D1",
+                            content=path.read_bytes(), headers=SERVICE_HEADERS)  # fmt: skip
+    assert stored.status_code == 201, stored.text
+
+    job = api.until_over(api.submit(stored.json()["id"], transcribe=True)["id"])
+    assert job["status"] == "done" and job["backend"] == "channels", job
+    lines = api.client.get(f"/v1/jobs/{job['id']}/result", params={"transcript": True},
+                           headers=api.admin.headers).json()["turns"]  # fmt: skip
+    said = {who: " ".join(line["text"] for line in lines if line["speaker"] == who)
+            for who in ("caller", "agent")}  # fmt: skip
+    # words only one of them says (sample.stm)
+    assert "New Jersey" in said["caller"] and "Yankee" not in said["caller"], said
+    assert "Yankee" in said["agent"] and "New Jersey" not in said["agent"], said

@@ -58,6 +58,8 @@ class DiarizeRequest(BaseModel):
     """How many people speak, when known; leave it out to have them counted."""
     identify: bool = False
     """Name speakers whose voice matches one of the organisation's voiceprints."""
+    transcribe: bool = False
+    """Also transcribe it (English), each word given to the speaker talking at it."""
 
 
 class JobOut(BaseModel):
@@ -67,6 +69,7 @@ class JobOut(BaseModel):
     progress: float
     speakers: int | None
     identify: bool
+    transcribe: bool
     attempts: int
     backend: str | None
     error_reason: str | None
@@ -116,6 +119,7 @@ def submit_diarization(
         recording_id=recording_id,
         speakers=request.speakers,
         identify=request.identify,
+        transcribe=request.transcribe,
     )
     session.add(job)
     audit(session, principal, "diarization.submitted", f"recording:{recording_id}")
@@ -149,21 +153,32 @@ def get_job(job_id: RowId, principal: AgentEditor, session: DbSession) -> Diariz
     "/v1/jobs/{job_id}/result",
     responses={
         **NOT_FOUND,
-        **{409: {"model": ErrorBody, "description": "the job has not finished"}},
+        **{
+            409: {
+                "model": ErrorBody,
+                "description": "the job has not finished, or made no transcript",
+            }
+        },
         200: {"content": {t: {} for t in sorted(set(MEDIA_TYPES.values()))}},
     },
-    summary="A finished job's turns: RTTM, JSON, SRT, VTT, TXT, CSV or TSV",
+    summary="A finished job's turns or transcript: RTTM, JSON, SRT, VTT, TXT, CSV or TSV",
 )
 def job_result(
     job_id: RowId,
     principal: AgentEditor,
     session: DbSession,
     format: Annotated[Literal["rttm", "json", "srt", "vtt", "txt", "csv", "tsv"], Query()] = "json",
+    transcript: Annotated[bool, Query()] = False,
 ) -> Response:
+    """``transcript=true``: the speaker-attributed transcript (one line per stretch of one
+    speaker, with its words) of a job submitted with ``transcribe``."""
     job = _get_job(session, principal, job_id)
     if job.status != JobStatus.done or job.result is None:
         raise Conflict(f"job {job_id} is {job.status}", reason="job_not_done")
-    body = export(turns_of(job.result), format, name=f"recording-{job.recording_id}")
+    lines = turns_of(job.result, transcript=transcript)
+    if lines is None:
+        raise Conflict(f"job {job_id} was not asked to transcribe", reason="no_transcript")
+    body = export(lines, format, name=f"recording-{job.recording_id}")
     return Response(body, media_type=MEDIA_TYPES[format])
 
 

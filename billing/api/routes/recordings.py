@@ -45,6 +45,7 @@ from billing.api.errors import (
 from billing.api.resources import SidecarResources
 from billing.config import SidecarConfig
 from billing.internal_api import RECORDINGS_UPLOAD_PATH
+from storage.diarization_jobs import UPLOAD_PREFIX
 from storage.models import Agent, Call, DiarizationJob, Recording, Role, RowId, utcnow
 from storage.recording_files import (
     Keyring,
@@ -213,7 +214,7 @@ async def upload_recording(
     ``upload-<id>``."""
     keyring = keyring_of(resources.config)
     root = resources.config.recordings_dir
-    name = f"upload-{uuid.uuid4().hex[:16]}"
+    name = f"{UPLOAD_PREFIX}{uuid.uuid4().hex[:16]}"
     incoming = root / ".incoming" / name
     final = root / str(principal.organisation_id) / f"{name}.varec"
     final.parent.mkdir(parents=True, exist_ok=True)

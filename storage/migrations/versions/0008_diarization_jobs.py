@@ -5,7 +5,8 @@ Revises: 0007
 Create Date: 2026-12-03
 
 ``diarization_jobs``: one recording's diarization, queued and run by a job worker
-(storage.diarization_jobs), with its progress, failure reason and result (turns as JSON).
+(storage.diarization_jobs), with its progress, failure reason and result (turns and, when
+asked for, the speaker-attributed transcript, as JSON).
 ``voiceprints``: an organisation's enrolled voices (speaker embeddings), one per name.
 """
 
@@ -33,6 +34,7 @@ def upgrade() -> None:
         sa.Column("progress", sa.Float(), nullable=False),
         sa.Column("speakers", sa.Integer(), nullable=True),
         sa.Column("identify", sa.Boolean(), nullable=False),
+        sa.Column("transcribe", sa.Boolean(), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("backend", sa.String(length=30), nullable=True),
         sa.Column("error_reason", sa.String(length=30), nullable=True),
