@@ -52,7 +52,7 @@ def load_vad() -> vad.VAD:
 def build_stt(settings: Settings, vad_model: vad.VAD) -> STTChain:
     """The STT chain: Deepgram (when its key is set and the settings do not force the
     local STT; behind its process-wide circuit breaker), then the local Whisper (through
-    livekit's ``stt.StreamAdapter`` with the call's VAD)."""
+    plugins.speculative_stt with the call's VAD, or livekit's ``stt.StreamAdapter``)."""
     from plugins.circuit_breaker import breaker_for
     from plugins.local_stt import WhisperSTT
     from plugins.stt_chain import STTChain
@@ -67,7 +67,12 @@ def build_stt(settings: Settings, vad_model: vad.VAD) -> STTChain:
             base_url=settings.deepgram_base_url,
         )
         tiers.append((cloud, breaker_for("stt/deepgram", settings.deepgram_base_url)))
-    tiers.append((WhisperSTT(), None))
+    local: stt.STT = WhisperSTT()
+    if settings.speculative_stt:
+        from plugins.speculative_stt import SpeculativeStreamAdapter
+
+        local = SpeculativeStreamAdapter(stt=local, vad=vad_model)
+    tiers.append((local, None))
     return STTChain(tiers, vad=vad_model, no_result_s=settings.stt_no_result_s)
 
 

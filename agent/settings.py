@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     before the VAD and the STT hear it. The console has its own (livekit's)."""
 
     # turn taking
+    speculative_stt: bool = True
+    """The local Whisper starts on the caller's speech at their first 0.15 s pause instead
+    of after the VAD's 0.55 s end of speech (plugins.speculative_stt); false: livekit's
+    ``stt.StreamAdapter``."""
     min_endpointing_delay_s: float = Field(default=0.5, ge=0.0)
     max_endpointing_delay_s: float = Field(default=3.0, ge=0.0)
     # the caller cannot barge in during the first seconds of the agent's first reply while

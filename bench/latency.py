@@ -1,13 +1,28 @@
-"""Response latency of the whole embedded stack on real caller turns.
+"""Response latency of the whole embedded stack on real caller turns, ours against stock
+livekit-agents in the same run.
 
 Every ``sample.stm`` turn is cut out (0.3 s padding each side) and played, paced in real
-time, as its own call through :func:`agent.simulate.simulate_call` (no greeting). Each
-call's :class:`~agent.simulate.TurnLatency` records are pooled; the report gives median
-and P90 of every stage, how many turns got a spoken reply, and the median divided by a
-CPU baseline measured in the same run (Whisper on ``jfk.flac``), because this 2-core
-machine is shared and absolute seconds drift from run to run.
+time, as its own call through :func:`agent.simulate.simulate_call` (no greeting), once
+with each configuration, alternating, so both meet the same machine load:
 
-Run from the repository root: ``python -m bench.latency [--turns N]``. Prints Markdown.
+- **ours**: the product's defaults (plugins.speculative_stt: Whisper starts at the
+  caller's first 0.15 s pause);
+- **stock**: livekit-agents' defaults with the same plugins: its ``stt.StreamAdapter``
+  (Whisper starts once Silero has heard 0.55 s of silence), interruption ``min_duration``
+  0.5 s and ``false_interruption_timeout`` 2 s. Endpointing (0.5-3 s) is livekit's default
+  in both.
+
+**Cut-offs**: the same turns with a pause inserted at a word gap near their middle (0.4,
+0.7 and 1.0 s of silence, as a caller hesitating): a call where the agent spoke before the
+caller's last words (an agent utterance before a caller utterance in the transcript) cut
+the caller off.
+
+The report gives P50/P95/P99 of end of speech to first agent audio and of each stage, the
+ratio ours / stock, the cut-off rate of each, and a CPU baseline measured in the same run
+(Whisper on ``jfk.flac``), because this 2-core machine is shared.
+
+Run from the repository root: ``python -m bench.latency [--turns N]``. Prints Markdown;
+the last line is the headline.
 """
 
 from __future__ import annotations
@@ -26,6 +41,7 @@ import numpy as np
 from agent.pipeline import load_vad
 from agent.settings import Settings
 from agent.simulate import CallReport, SimulationOptions, TurnLatency, simulate_call
+from agent.wav_io import CALLER_SAMPLE_RATE_HZ
 from bench.corpus import (
     CorpusTurn,
     cut_turn,
@@ -109,22 +125,68 @@ def local_settings() -> Settings:
     return Settings(stt_provider="local", llm_provider="local", tts_provider="local")
 
 
-async def run_calls(turns: Sequence[CorpusTurn], pcm: np.ndarray) -> list[CallResult]:
+def configurations() -> dict[str, Settings]:
+    ours = local_settings()
+    stock = ours.model_copy(
+        update={"speculative_stt": False, "interrupt_onset_s": 0.5, "interrupt_resume_s": 2.0}
+    )
+    return {"ours": ours, "stock": stock}
+
+
+PAUSES_S = (0.4, 0.7, 1.0)
+MIN_PAUSED_TURN_S = 1.5
+
+
+def with_pause(audio: np.ndarray, pause_s: float) -> np.ndarray:
+    """``audio`` with ``pause_s`` of silence inserted at the quietest 20 ms near its middle
+    (a gap between words, not inside one)."""
+    frame = CALLER_SAMPLE_RATE_HZ // 50
+    frames = len(audio) // frame
+    middle = range(frames * 3 // 10, frames * 7 // 10)
+    levels = [float(np.abs(audio[i * frame : (i + 1) * frame].astype(np.float32)).mean())
+              for i in middle]  # fmt: skip
+    cut = (middle[int(np.argmin(levels))] + 1) * frame
+    gap = np.zeros(int(pause_s * CALLER_SAMPLE_RATE_HZ), dtype=audio.dtype)
+    return np.concatenate([audio[:cut], gap, audio[cut:]])
+
+
+def cut_off(report: CallReport) -> bool:
+    """The agent spoke, then the caller went on: it did not wait for the end of the turn."""
+    roles = [u.role for u in report.transcript]
+    return "agent" in roles and "caller" in roles[roles.index("agent") :]
+
+
+async def run_calls(
+    turns: Sequence[CorpusTurn], pcm: np.ndarray
+) -> tuple[dict[str, list[CallResult]], dict[str, list[bool]]]:
     """Each turn as its own call, one after another (calls in parallel would compete for
-    the two cores and measure contention instead)."""
-    settings = local_settings()
+    the two cores and measure contention instead), once per configuration, alternating;
+    then the paused variants for the cut-off rate."""
+    configs = configurations()
     vad_model = load_vad()
-    results: list[CallResult] = []
+    results: dict[str, list[CallResult]] = {name: [] for name in configs}
+    cut_offs: dict[str, list[bool]] = {name: [] for name in configs}
     for i, turn in enumerate(turns, start=1):
         caller = cut_turn(pcm, turn, pad_s=TURN_PAD_S)
-        report, _audio = await simulate_call(
-            caller, settings, vad_model, options=OPTIONS, input_name=f"turn {i}"
-        )
-        heard = " ".join(u.text for u in report.transcript if u.role == "caller").strip()
-        said = " ".join(u.text for u in report.transcript if u.role == "agent").strip()
-        results.append(CallResult(turn, report, heard, said))
-        print(f"call {i}/{len(turns)} done in {report.call_duration_s:.1f} s", file=sys.stderr)
-    return results
+        for name, settings in configs.items():
+            report, _audio = await simulate_call(
+                caller, settings, vad_model, options=OPTIONS, input_name=f"turn {i}"
+            )
+            heard = " ".join(u.text for u in report.transcript if u.role == "caller").strip()
+            said = " ".join(u.text for u in report.transcript if u.role == "agent").strip()
+            results[name].append(CallResult(turn, report, heard, said))
+        print(f"turn {i}/{len(turns)} done", file=sys.stderr)
+    paused = [t for t in turns if t.duration_s >= MIN_PAUSED_TURN_S]
+    for i, turn in enumerate(paused, start=1):
+        for pause_s in PAUSES_S:
+            caller = with_pause(cut_turn(pcm, turn, pad_s=TURN_PAD_S), pause_s)
+            for name, settings in configs.items():
+                report, _audio = await simulate_call(
+                    caller, settings, vad_model, options=OPTIONS, input_name=f"paused {i}"
+                )
+                cut_offs[name].append(cut_off(report))
+        print(f"paused turn {i}/{len(paused)} done", file=sys.stderr)
+    return results, cut_offs
 
 
 def _values(turns: Sequence[TurnLatency], attr: str) -> list[float]:
@@ -193,6 +255,50 @@ def render(results: Sequence[CallResult], baseline: Baseline, wall_s: float) -> 
     return "\n".join(lines)
 
 
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def render_comparison(
+    results: dict[str, list[CallResult]], cut_offs: dict[str, list[bool]], baseline: Baseline
+) -> tuple[str, str]:
+    """The ours-vs-stock table, and the headline."""
+    lines = [
+        "| configuration | stage (s) | n | P50 | P95 | P99 | P50 / baseline |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    e2e: dict[str, list[float]] = {}
+    for name, calls in results.items():
+        latencies = [t for r in calls for t in r.report.turns]
+        for header, attr in METRICS:
+            vals = _values(latencies, attr)
+            if not vals:
+                continue
+            if attr == "end_of_speech_to_first_audio_s":
+                e2e[name] = vals
+            lines.append(
+                f"| {name} | {header} | {len(vals)} | {statistics.median(vals):.3f} | "
+                f"{_pct(vals, 95):.3f} | {_pct(vals, 99):.3f} | "
+                f"{statistics.median(vals) / baseline.seconds:.2f} |"
+            )
+    lines += ["", "| configuration | paused calls | cut off | rate |", "|---|---:|---:|---:|"]
+    for name, flags in cut_offs.items():
+        rate = sum(flags) / len(flags) if flags else 0.0
+        lines.append(f"| {name} | {len(flags)} | {sum(flags)} | {rate:.0%} |")
+    ours, stock = e2e.get("ours", []), e2e.get("stock", [])
+    if not ours or not stock:
+        return "\n".join(lines), "no replies measured"
+    ratio = statistics.median(ours) / statistics.median(stock)
+    rates = {n: (sum(f) / len(f) if f else 0.0) for n, f in cut_offs.items()}
+    headline = (
+        f"embedded stack, end of speech to first audio: ours P50 {statistics.median(ours):.2f} s "
+        f"/ P95 {_pct(ours, 95):.2f} s, stock livekit P50 {statistics.median(stock):.2f} s / "
+        f"P95 {_pct(stock, 95):.2f} s (ours / stock {ratio:.2f}); cut-offs ours "
+        f"{rates.get('ours', 0):.0%}, stock {rates.get('stock', 0):.0%}"
+    )
+    return "\n".join(lines), headline
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -212,10 +318,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     baseline = Baseline()
     # before and after: the machine's load can change during the few minutes of calls
     baseline.runs_s += [measure_baseline() for _ in range(BASELINE_RUNS)]
-    results = asyncio.run(run_calls(turns, pcm))
+    results, cut_offs = asyncio.run(run_calls(turns, pcm))
     baseline.runs_s += [measure_baseline() for _ in range(BASELINE_RUNS)]
 
-    print(render(results, baseline, time.perf_counter() - wall))
+    table, headline = render_comparison(results, cut_offs, baseline)
+    print("## Ours against stock livekit-agents\n")
+    print(table)
+    for name, calls in results.items():
+        print(f"\n## {name}: per stage and per call\n")
+        print(render(calls, baseline, time.perf_counter() - wall))
+    print(f"\n{headline}")
     return 0
 
 
