@@ -274,5 +274,6 @@ def build_session(settings: Settings, vad_model: vad.VAD, profile: AgentProfile)
                 "min_delay": settings.min_endpointing_delay_s,
                 "max_delay": settings.max_endpointing_delay_s,
             },
+            preemptive_generation={"enabled": True, "preemptive_tts": settings.preemptive_tts},
         ),
     )

@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     """The local Whisper starts on the caller's speech at their first 0.15 s pause instead
     of after the VAD's 0.55 s end of speech (plugins.speculative_stt); false: livekit's
     ``stt.StreamAdapter``."""
+    preemptive_tts: bool = True
+    """Voice the reply livekit's preemptive generation drafts on the final transcript before
+    the turn is committed, so its first audio is ready when it is (a draft the caller talks
+    over is dropped, its TTS characters still billed by the provider); false: livekit's
+    default, the LLM only."""
     min_endpointing_delay_s: float = Field(default=0.5, ge=0.0)
     max_endpointing_delay_s: float = Field(default=3.0, ge=0.0)
     # the caller cannot barge in during the first seconds of the agent's first reply while

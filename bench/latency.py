@@ -1,16 +1,20 @@
-"""Response latency of the whole embedded stack on real caller turns, ours against stock
-livekit-agents in the same run.
+"""Response latency on real caller turns, ours against stock livekit-agents in the same
+run: the embedded stack, and the cloud stack (Deepgram, Claude, OpenAI TTS) on the
+loopback servers with realistic provider latencies (STT final 0.15 s after the end of
+speech, LLM first token 0.3 s, TTS first byte 0.15 s) and with none, where what is left
+is the pipeline's own part.
 
 Every ``sample.stm`` turn is cut out (0.3 s padding each side) and played, paced in real
 time, as its own call through :func:`agent.simulate.simulate_call` (no greeting), once
 with each configuration, alternating, so both meet the same machine load:
 
 - **ours**: the product's defaults (plugins.speculative_stt: Whisper starts at the
-  caller's first 0.15 s pause);
+  caller's first 0.15 s pause; preemptive TTS: the drafted reply is voiced before the
+  turn is committed);
 - **stock**: livekit-agents' defaults with the same plugins: its ``stt.StreamAdapter``
-  (Whisper starts once Silero has heard 0.55 s of silence), interruption ``min_duration``
-  0.5 s and ``false_interruption_timeout`` 2 s. Endpointing (0.5-3 s) is livekit's default
-  in both.
+  (Whisper starts once Silero has heard 0.55 s of silence), preemptive generation of the
+  LLM only, interruption ``min_duration`` 0.5 s and ``false_interruption_timeout`` 2 s.
+  Endpointing (0.5-3 s) is livekit's default in both.
 
 **Cut-offs**: the same turns with a pause inserted at a word gap near their middle (0.4,
 0.7 and 1.0 s of silence, as a caller hesitating): a call where the agent spoke before the
@@ -125,12 +129,97 @@ def local_settings() -> Settings:
     return Settings(stt_provider="local", llm_provider="local", tts_provider="local")
 
 
-def configurations() -> dict[str, Settings]:
-    ours = local_settings()
-    stock = ours.model_copy(
-        update={"speculative_stt": False, "interrupt_onset_s": 0.5, "interrupt_resume_s": 2.0}
-    )
-    return {"ours": ours, "stock": stock}
+STOCK = {
+    "speculative_stt": False,
+    "preemptive_tts": False,
+    "interrupt_onset_s": 0.5,
+    "interrupt_resume_s": 2.0,
+}
+"""What livekit-agents does by default where the product differs."""
+
+
+def configurations(base: Settings | None = None) -> dict[str, Settings]:
+    ours = base or local_settings()
+    return {"ours": ours, "stock": ours.model_copy(update=STOCK)}
+
+
+# the cloud stack on the loopback servers: realistic provider latencies, and none
+PROVIDER_LATENCIES_S = {"realistic": (0.15, 0.30, 0.15), "zero": (0.0, 0.0, 0.0)}
+"""(STT final after the end of speech, LLM first token, TTS first byte)."""
+
+
+async def run_cloud(
+    turns: Sequence[CorpusTurn], pcm: np.ndarray
+) -> dict[str, dict[str, list[float]]]:
+    """e2e latency of the cloud stack (Deepgram, Claude, OpenAI TTS on loopback servers)
+    per latency profile and configuration, every turn once each."""
+    from pydantic import SecretStr
+
+    from tests.loopback.anthropic_server import AnthropicServer
+    from tests.loopback.deepgram_server import DeepgramServer
+    from tests.loopback.openai_server import OpenAIServer
+
+    vad_model = load_vad()
+    out: dict[str, dict[str, list[float]]] = {}
+    async with DeepgramServer() as stt_server, AnthropicServer() as llm_server, \
+            OpenAIServer() as tts_server:  # fmt: skip
+        base = Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            stt_provider="deepgram", llm_provider="anthropic", tts_provider="openai",
+            deepgram_api_key=SecretStr("k"), deepgram_base_url=stt_server.listen_url,
+            anthropic_api_key=SecretStr("k"), anthropic_base_url=llm_server.base_url,
+            openai_api_key=SecretStr("k"), openai_base_url=tts_server.base_url,
+        )  # fmt: skip
+        for profile, (stt_s, llm_s, tts_s) in PROVIDER_LATENCIES_S.items():
+            stt_server.options.final_after_silence_s = stt_s
+            # the chain's own idea of audible (plugins.stt_chain.AUDIBLE_RMS): a breath in
+            # the padding is not a second utterance
+            stt_server.options.speech_rms_threshold = 300.0
+            llm_server.options.first_byte_delay_s = llm_s
+            tts_server.options.first_byte_delay_s = tts_s
+            for name, settings in configurations(base).items():
+                key = f"{profile}/{name}"
+                out[key] = []
+                for turn in turns:
+                    stt_server.options.transcripts = [turn.text]
+                    caller = cut_turn(pcm, turn, pad_s=TURN_PAD_S)
+                    report, _ = await simulate_call(caller, settings, vad_model, options=OPTIONS)
+                    out[key] += _values(report.turns, "end_of_speech_to_first_audio_s")[:1]
+            print(f"cloud {profile} done", file=sys.stderr)
+    return out
+
+
+def render_cloud(cloud: dict[str, dict[str, list[float]]]) -> str:
+    lines = [
+        "| provider latencies (STT final, LLM first token, TTS first byte) | configuration "
+        "| n | e2e P50 | e2e P95 | e2e P99 | pipeline overhead P50 / P95 |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for key, vals in cloud.items():
+        profile, name = key.split("/")
+        if not vals:
+            lines.append(f"| {profile} | {name} | 0 | — | — | — | — |")
+            continue
+        stt_s, llm_s, tts_s = PROVIDER_LATENCIES_S[profile]
+        # with providers that cost nothing, what is left beyond the VAD's 0.55 s of silence
+        # (which ends a turn in both configurations) is the pipeline's own; with realistic
+        # ones the providers run inside that silence, so nothing clean is left to subtract
+        if profile == "zero":
+            own = [v - VAD_SILENCE_S for v in vals]
+            overhead = f"{statistics.median(own):.3f} / {_pct(own, 95):.3f}"
+        else:
+            overhead = "—"
+        label = f"{profile} ({stt_s:.2f}, {llm_s:.2f}, {tts_s:.2f} s)"
+        lines.append(
+            f"| {label} | {name} | {len(vals)} | {statistics.median(vals):.3f} | "
+            f"{_pct(vals, 95):.3f} | {_pct(vals, 99):.3f} | {overhead} |"
+        )
+    return "\n".join(lines)
+
+
+VAD_SILENCE_S = 0.55
+"""Silero's silence before it ends an utterance (livekit's default): the turn cannot end
+sooner in either configuration."""
 
 
 PAUSES_S = (0.4, 0.7, 1.0)
@@ -319,11 +408,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     # before and after: the machine's load can change during the few minutes of calls
     baseline.runs_s += [measure_baseline() for _ in range(BASELINE_RUNS)]
     results, cut_offs = asyncio.run(run_calls(turns, pcm))
+    cloud = asyncio.run(run_cloud(turns, pcm))
     baseline.runs_s += [measure_baseline() for _ in range(BASELINE_RUNS)]
 
     table, headline = render_comparison(results, cut_offs, baseline)
-    print("## Ours against stock livekit-agents\n")
+    print("## Ours against stock livekit-agents: embedded stack\n")
     print(table)
+    print("\n## Ours against stock livekit-agents: cloud stack on the loopback servers\n")
+    print(render_cloud(cloud))
+    realistic = {n: cloud.get(f"realistic/{n}", []) for n in ("ours", "stock")}
+    if realistic["ours"] and realistic["stock"]:
+        ratio = statistics.median(realistic["ours"]) / statistics.median(realistic["stock"])
+        headline += f"; cloud stack ours / stock {ratio:.2f}"
     for name, calls in results.items():
         print(f"\n## {name}: per stage and per call\n")
         print(render(calls, baseline, time.perf_counter() - wall))

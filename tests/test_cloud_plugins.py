@@ -164,6 +164,33 @@ async def test_deepgram_finalize_returns_the_pending_utterance(
     assert results[-1]["from_finalize"] is True
 
 
+async def test_deepgram_endpointing_finalizes_after_the_silence(
+    deepgram_server: DeepgramServer, caller_speech: np.ndarray, job_http_session: None
+) -> None:
+    """``final_after_silence_s``: the final comes once the speech has been followed by that
+    much silence (the loopback's endpointing, as bench.latency uses it), not before."""
+    deepgram_server.options.transcripts = ["this is diane in new jersey"]
+    deepgram_server.options.final_after_silence_s = 0.3
+    stt_model = deepgram.STT(api_key="test", base_url=deepgram_server.listen_url)
+    stream = stt_model.stream()
+    quiet = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+    try:
+        for frame in audio_frames(caller_speech):
+            stream.push_frame(frame)
+        await bounded(events_until(stream, stt.SpeechEventType.START_OF_SPEECH))
+        await asyncio.sleep(0.3)
+        conn = deepgram_server.connections[0]
+        assert conn.finals == [], "a final before any silence"
+        for _ in range(20):  # 20 x 20 ms = 0.4 s of silence
+            stream.push_frame(rtc.AudioFrame(quiet.tobytes(), 16_000, 1, FRAME_SAMPLES))
+        events = await bounded(events_until(stream, stt.SpeechEventType.FINAL_TRANSCRIPT))
+    finally:
+        await stream.aclose()
+        await stt_model.aclose()
+    assert events[-1].alternatives[0].text == "this is diane in new jersey"
+    assert conn.finals == ["this is diane in new jersey"]
+
+
 async def test_deepgram_stream_survives_garbage_frames(
     deepgram_server: DeepgramServer, caller_speech: np.ndarray, job_http_session: None
 ) -> None:

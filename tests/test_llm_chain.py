@@ -23,7 +23,9 @@ from plugins.dialogue_llm import DialogueLLM
 from plugins.fallback import MAX_RETRY_AFTER_S, parse_retry_after
 from plugins.llm_chain import ContinuationFilter, LLMChain
 
-FIRST_TOKEN_S = 0.5
+FIRST_TOKEN_S = 1.0
+"""Long enough that a loaded machine still gets a 429 or 500 back before it (CI once
+took over 0.5 s to answer a 429 on the loopback under load)."""
 
 
 class Clock:

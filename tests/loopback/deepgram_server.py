@@ -34,6 +34,9 @@ class DeepgramOptions(Faults):
     """Loud audio per utterance: 32 000 bytes is 1 s of 16 kHz 16-bit mono."""
     speech_rms_threshold: float = 100.0
     """A chunk of audio counts as speech when its RMS (16-bit scale) reaches this."""
+    final_after_silence_s: float | None = None
+    """Send the final result once the speech has been followed by this much silence (as
+    real Deepgram's endpointing does), instead of after ``utterance_bytes`` of speech."""
 
 
 @dataclass
@@ -58,6 +61,8 @@ class _Utterance:
     start_s: float
     heard: int = 0
     interim_sent: bool = False
+    silence: int = 0
+    """Bytes of silence since its last speech."""
 
 
 class DeepgramServer(LoopbackServer):
@@ -176,7 +181,16 @@ class DeepgramServer(LoopbackServer):
                     return
                 data: bytes = msg.data
                 conn.audio_bytes += len(data)
+                endpointing = self.options.final_after_silence_s
                 if not self._is_speech(data):
+                    if utterance is not None and endpointing is not None:
+                        utterance.silence += len(data)
+                        if utterance.silence >= endpointing * bytes_per_s:
+                            words = utterance.transcript.split()
+                            await send(
+                                results(utterance, words=words, final=True, speech_final=True)
+                            )
+                            utterance = None
                     continue
                 conn.speech_bytes += len(data)
                 if utterance is None:
@@ -186,13 +200,14 @@ class DeepgramServer(LoopbackServer):
                     utterance = _Utterance(self.options.transcripts.pop(0), start_s)
                     await send({"type": "SpeechStarted", "channel": [0], "timestamp": start_s})
                 utterance.heard += len(data)
+                utterance.silence = 0
                 words = utterance.transcript.split()
                 halfway = utterance.heard * 2 >= self.options.utterance_bytes
                 if not utterance.interim_sent and halfway:
                     utterance.interim_sent = True
                     half = words[: max(1, len(words) // 2)]
                     await send(results(utterance, words=half, final=False))
-                if utterance.heard >= self.options.utterance_bytes:
+                if endpointing is None and utterance.heard >= self.options.utterance_bytes:
                     await send(results(utterance, words=words, final=True, speech_final=True))
                     utterance = None
             elif msg.type == WSMsgType.TEXT:
