@@ -116,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the speaker-attributed transcript (English) instead of the turns",
     )
+    diarize.add_argument(
+        "--voiceprint",
+        type=_voiceprint,
+        action="append",
+        default=[],
+        metavar="NAME=CLIP",
+        help="name the speaker whose voice matches CLIP (a few seconds of NAME); repeatable",
+    )
     sub.add_parser(
         "diarize-worker",
         help="run the sidecar's diarization jobs from Redis (RQ), until stopped",
@@ -135,6 +143,15 @@ def _positive_int(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 2**31 - 1:
         raise argparse.ArgumentTypeError(f"must be a whole number 1..2147483647, got {text!r}")
     return int(text)
+
+
+def _voiceprint(text: str) -> tuple[str, Path]:
+    name, sep, clip = text.partition("=")
+    if not sep or not name.strip() or not clip:
+        raise argparse.ArgumentTypeError(f"NAME=CLIP (e.g. Maria=maria.wav), not {text!r}")
+    if not Path(clip).is_file():
+        raise argparse.ArgumentTypeError(f"{clip}: no such file")
+    return name.strip(), Path(clip)
 
 
 def _speaker_count(text: str) -> int:
@@ -546,7 +563,13 @@ def run_sidecar(args: argparse.Namespace, settings: SidecarSettings) -> int:
 
 def run_diarize(args: argparse.Namespace) -> int:
     """One file, here and now: turns on stdout, progress on stderr."""
-    from storage.diarization import DiarizationError, diarizer_for
+    from storage.diarization import (
+        ENROL_MAX_S,
+        DiarizationError,
+        EmbeddingDiarizer,
+        diarizer_for,
+        identify,
+    )
     from storage.speakers import attribute_words, export
     from storage.transcripts import transcribe_words
     from storage.uploads import UploadRefused, read_mono
@@ -563,9 +586,20 @@ def run_diarize(args: argparse.Namespace) -> int:
             print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {share:4.0%}", end="", file=sys.stderr)
 
         share = 0.6 if args.transcript else 1.0
-        turns = diarizer.diarize(
-            audio, speakers=args.speakers, progress=lambda done: progress(done * share)
-        )
+        step = lambda done: progress(done * share)  # noqa: E731
+        if args.voiceprint:
+            if not isinstance(diarizer, EmbeddingDiarizer):
+                raise StartupError("--voiceprint works with the embedding diarizer only")
+            prints = {
+                name: diarizer.encoder.embed_utterance(
+                    read_mono(clip, SAMPLE_RATE_HZ, max_seconds=ENROL_MAX_S)
+                )
+                for name, clip in args.voiceprint
+            }
+            clustered = diarizer.cluster(audio, speakers=args.speakers, progress=step)
+            turns = identify(clustered, prints)
+        else:
+            turns = diarizer.diarize(audio, speakers=args.speakers, progress=step)
         if args.transcript:
             words = transcribe_words(audio, lambda done: progress(share + (1 - share) * done))
             turns = attribute_words(turns, words)

@@ -160,7 +160,7 @@ def decide(policy: DialoguePolicy, items: Sequence[llm.ChatItem], tool_names: se
                 values[slot.name] = value
                 break
         if slot.name not in values:
-            return Decision(text=slot.question)
+            return Decision(text=slot.question or policy.fallback_reply)
 
     if intent.tool is None:
         return Decision(text=(intent.reply or policy.fallback_reply).format(**values))
@@ -178,7 +178,9 @@ def _answers_question(intent: Intent, asked: str | None, utterance: str) -> bool
 def _asks(asked: str | None, slot: Slot) -> bool:
     """Did the agent's last words ask ``slot``'s question (they end with it: a resumed
     call says "we got cut off" first)?"""
-    return asked is not None and asked.strip().endswith(slot.question)
+    # a slot without a question (one the intent only fills from the caller's own words,
+    # e.g. a name in "this is Diane") is never asked: "".endswith would say it always was
+    return bool(slot.question) and asked is not None and asked.strip().endswith(slot.question)
 
 
 def _last_assistant_text(convo: Sequence[llm.ChatItem]) -> str | None:

@@ -50,6 +50,8 @@ voiceprint from 6 s of their own speech and 0.85 against the other speaker's (tw
 on one phone line sound alike to the encoder); other recordings score ~0.6."""
 MIN_TURN_S = 0.2
 FRAME_S = 0.01
+ENROL_MAX_S = 120.0
+"""A voiceprint's clip: a few seconds to two minutes of one person speaking."""
 VAD_THRESHOLD = 0.3
 """Silero's speech probability threshold: its default 0.5 misses a third of the quiet,
 distant speech of the AMI meeting excerpts; 0.3 misses under a fifth (bench)."""

@@ -30,6 +30,21 @@ def test_greets_when_the_caller_has_not_spoken():
     assert decide(SUPPORT_POLICY, convo(), ALL_TOOLS).text == SUPPORT_POLICY.greeting
 
 
+@pytest.mark.parametrize(
+    "second", ["You know, I heard of the eight.", "Taksa, originally from Chicago.", "um"]
+)
+def test_a_second_utterance_it_cannot_place_gets_the_fallback_not_silence(second):
+    """The introduction intent's name slot has no question: it must never count as asked
+    (an empty reply made the chain fall through to "I'm having trouble")."""
+    said = decide(
+        SUPPORT_POLICY,
+        convo(("user", "Okay, I thought."), ("assistant", SUPPORT_POLICY.fallback_reply),
+              ("user", second)),
+        ALL_TOOLS,
+    )  # fmt: skip
+    assert said.text == SUPPORT_POLICY.fallback_reply
+
+
 def test_outage_with_a_town_calls_check_outage():
     d = decide(SUPPORT_POLICY, convo(("user", "My internet is down in Springfield.")), ALL_TOOLS)
     assert (d.tool_name, d.tool_arguments) == ("check_outage", {"area": "Springfield"})

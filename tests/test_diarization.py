@@ -215,6 +215,15 @@ def test_the_cli_prints_turns_and_refuses_what_is_not_audio(tmp_path):
     assert said.returncode == 0, said.stderr
     assert "Diane in New Jersey" in said.stdout and "SPEAKER_01" in said.stdout
 
+    clip = tmp_path / "diane.wav"
+    turns = reference(DATA / "sample.rttm", "sample")
+    audio, _ = sf.read(DATA / "sample.wav", dtype="float32")
+    sf.write(clip, speech_of(audio, turns, "speaker91")[: 16_000 * 6], 16_000)
+    named = run(str(DATA / "sample.wav"), "--speakers", "2", "--voiceprint", f"Diane={clip}")
+    assert named.returncode == 0, named.stderr
+    assert "Diane" in {line.split()[7] for line in named.stdout.splitlines()}
+    assert run(str(DATA / "sample.wav"), "--voiceprint", "Diane").returncode == 2
+
     text = tmp_path / "notes.wav"
     text.write_text("not audio at all")
     refused = run(str(text))

@@ -380,3 +380,28 @@ def test_a_call_recording_is_split_by_its_channels_and_transcribed(api, tmp_path
     # words only one of them says (sample.stm)
     assert "New Jersey" in said["caller"] and "Yankee" not in said["caller"], said
     assert "Yankee" in said["agent"] and "New Jersey" not in said["agent"], said
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({}, "needs REDIS_URL"),
+        ({"REDIS_URL": "redis://127.0.0.1:6379/0"}, "needs RECORDING_KEYS"),
+        ({"REDIS_URL": "redis://127.0.0.1:1/0", "RECORDING_KEYS": '{"k": "' + "A" * 43 + '="}',
+          "RECORDING_KEY_ID": "k"}, "not reachable"),
+    ],
+    ids=["no redis", "no keys", "redis down"],
+)  # fmt: skip
+def test_diarize_worker_says_what_it_lacks_in_one_line(tmp_path, env, says):
+    import subprocess
+    import sys
+
+    base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).parent.parent / "agent.py"), "diarize-worker"],
+        cwd=tmp_path, env={**base, "SIDECAR_SERVICE_TOKEN": "t" * 32, **env},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error:") and says in line

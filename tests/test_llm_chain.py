@@ -60,6 +60,27 @@ async def reply(chain: llm.LLM, text: str = "Hello there") -> str:
     return said
 
 
+async def test_a_reply_nobody_waits_for_any_more_is_no_provider_failure(openai_server):
+    """livekit drops a preemptive draft when the caller goes on speaking: the chain stops
+    quietly, without blaming the provider (no fallback, no breaker failure)."""
+    import asyncio
+
+    openai_server.options.reply_chunks = [f"word{i} " for i in range(40)]
+    openai_server.options.chunk_delay_s = 0.02
+    breaker = CircuitBreaker("llm/openai", clock=Clock())
+    chain = chain_for(openai_server, breaker)
+    ctx = llm.ChatContext.empty()
+    ctx.add_message(role="user", content="Hello there")
+    stream = chain.chat(chat_ctx=ctx)
+    async for chunk in stream:
+        if chunk.delta and chunk.delta.content:
+            break
+    await stream.aclose()
+    await asyncio.sleep(0.3)  # anything the chain would still do, it has done
+    assert chain.fallback_events == []
+    assert breaker.state == "closed" and breaker.allow()
+
+
 async def test_a_healthy_cloud_llm_answers_and_nothing_falls_back(openai_server):
     chain = chain_for(openai_server)
     assert await reply(chain) == "Hello from loopback."

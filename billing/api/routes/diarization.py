@@ -37,6 +37,7 @@ from billing.api.routes.recordings import (
     keyring_of,
     receive_body,
 )
+from storage.diarization import ENROL_MAX_S
 from storage.diarization_jobs import OPEN_JOBS_PER_ORGANISATION, open_jobs, turns_of
 from storage.models import DiarizationJob, JobStatus, RowId, Voiceprint
 from storage.speakers import MEDIA_TYPES, export
@@ -47,8 +48,6 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["diarization"], responses=COMMON_RESPONSES)
 
-VOICEPRINT_MAX_S = 120.0
-"""An enrolment clip: a few seconds to two minutes of one person speaking."""
 VOICEPRINT_MAX_BYTES = 32 * 1024**2
 """Two minutes of 48 kHz 16-bit stereo WAV is 23 MB."""
 
@@ -235,7 +234,7 @@ async def enrol_voiceprint(
         await receive_body(request, incoming)
         try:
             audio = await anyio.to_thread.run_sync(
-                lambda: read_mono(incoming, SAMPLE_RATE_HZ, max_seconds=VOICEPRINT_MAX_S)
+                lambda: read_mono(incoming, SAMPLE_RATE_HZ, max_seconds=ENROL_MAX_S)
             )
             embedding = await anyio.to_thread.run_sync(
                 lambda: VoiceEncoder().embed_utterance(audio)
