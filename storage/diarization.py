@@ -60,7 +60,7 @@ MIN_CLUSTER_SHARE = 0.1
 average linkage leaves a few odd windows (laughter, crosstalk) as clusters of their own."""
 
 Reason = Literal[
-    "too_short", "unsupported", "model_missing", "model_incomplete", "cancelled", "failed"
+    "too_short", "unsupported", "model_missing", "model_incomplete", "timeout", "failed"
 ]
 Progress = Callable[[float], None]
 """Called with the share done (0-1); may raise to cancel."""

@@ -141,7 +141,7 @@ class _Reporter:
     def __call__(self, share: float) -> None:
         now = time.monotonic()
         if now > self._deadline:
-            raise DiarizationError("failed", "the job ran past its deadline (timeout)")
+            raise DiarizationError("timeout", "the job ran past its deadline")
         if now - self._written_at < PROGRESS_EVERY_S and share < 1.0:
             return
         self._written_at = now
@@ -236,9 +236,8 @@ def run_job(context: JobContext, job_id: int) -> bool:
         log.info("diarization cancelled", extra=extra)
         return True
     except DiarizationError as exc:
-        reason = "timeout" if "timeout" in str(exc) else exc.reason
-        log.warning("diarization failed", extra={**extra, "reason": reason, "error": str(exc)})
-        _finish(context.engine, job_id, JobStatus.failed, error=str(exc), reason=reason)
+        log.warning("diarization failed", extra={**extra, "reason": exc.reason, "error": str(exc)})
+        _finish(context.engine, job_id, JobStatus.failed, error=str(exc), reason=exc.reason)
         return True
     except Exception as exc:
         log.exception("diarization attempt failed", extra=extra)
