@@ -232,6 +232,8 @@ class Call:
             self._holding.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._holding  # leaves the queue and closes the hold session
+        if isinstance(self.agent, ProfileAgent):
+            await _step("ending a warm transfer", self.agent.call_tools.aclose())
         session = self.session
         if self._phrases_task is not None:
             self._phrases_task.cancel()

@@ -51,6 +51,8 @@ class CallTools:
         self._transfer_reason: str | None = None
         """Why the caller asked for a person, while a transfer is armed or running."""
         self._transfer_task: asyncio.Task[None] | None = None
+        self._consulting = False
+        """A warm transfer is briefing the person (the caller is on hold)."""
 
     def granted(self) -> list[FunctionTool | RawFunctionTool]:
         """The tools ``profile.tools`` names, bound to this call."""
@@ -132,6 +134,16 @@ class CallTools:
             return str(exc)
         return f"Pressed {keys}."
 
+    async def aclose(self) -> None:
+        """The call is ending (the caller hung up): a warm transfer still briefing the
+        person stops, and its consult room is closed. A cold transfer is left to finish:
+        its REFER is the caller's way out."""
+        task = self._transfer_task
+        if task is not None and not task.done() and self._consulting:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     # -- transfer ---------------------------------------------------------------------
 
     @property
@@ -198,9 +210,11 @@ class CallTools:
         ]
         session.input.set_audio_enabled(False)
         music = asyncio.ensure_future(play_hold_music(session, None))
+        self._consulting = True
         try:
             outcome = await transfer.run(briefing(self._profile.name, reason, caller_lines))
         finally:
+            self._consulting = False
             music.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await music

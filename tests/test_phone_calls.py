@@ -268,3 +268,16 @@ async def test_warm_without_an_outbound_trunk_transfers_cold(phone_call, livekit
     phone.room.press("0#")
     await until(lambda: phone.call.transferred)
     assert len(_transfers(livekit_server)) == 1
+
+
+async def test_a_caller_who_hangs_up_on_hold_ends_the_warm_transfer(phone_call, livekit_server):
+    joiner = FakeConsultJoiner()
+    phone = await phone_call(WARM, consult=joiner)
+    phone.room.press("0#")
+    await until(lambda: bool(joiner.legs) and bool(joiner.legs[0].said))
+    await phone.call.aclose()  # the caller hung up while the person was being briefed
+    [leg] = joiner.legs
+    assert leg.closed
+    assert "call-room-7-consult" in _deleted_rooms(livekit_server)
+    assert livekit_server.calls("RoomService/MoveParticipant") == []
+    assert not phone.call.transferred
