@@ -42,6 +42,8 @@ class SpeculativeStreamAdapter(stt.StreamAdapter):
         self, *, stt: stt.STT, vad: vad.VAD, speculate_after_s: float = SPECULATE_AFTER_S
     ) -> None:
         super().__init__(stt=stt, vad=vad)
+        # reports, logs and metrics name the model, as for livekit's own adapter's tiers
+        self._label = stt.label
         self.speculate_after_s = speculate_after_s
         self.guesses_used = 0
         """Utterances whose transcript was the guess (stats for tests and benchmarks)."""
