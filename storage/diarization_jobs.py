@@ -200,7 +200,14 @@ def run_job(context: JobContext, job_id: int) -> bool:
         if path is None:
             raise DiarizationError("unsupported", "the recording was deleted")
         try:
-            audio, _ = recording_audio(path, context.keyring)
+            # a call split by its channels needs the mixed-down audio only to transcribe
+            audio = (
+                recording_audio(path, context.keyring)[0] if transcribe or not by_channel else None
+            )
+            channels = None
+            if by_channel:  # our own call: who spoke when is in its channels, exactly
+                info, chunks = open_recording(path, context.keyring)
+                channels = channel_turns(chunks, info.sample_rate)
         except (RecordingError, OSError) as exc:
             raise DiarizationError(
                 "unsupported", f"the recording cannot be opened: {exc}"
@@ -209,10 +216,10 @@ def run_job(context: JobContext, job_id: int) -> bool:
         # with a transcript, diarizing is the first 60 % of the work
         share = 0.6 if transcribe else 1.0
         step = _Scaled(reporter, 0.0, share)
-        if by_channel:  # our own call: who spoke when is in its channels, exactly
-            info, chunks = open_recording(path, context.keyring)
-            turns, backend = channel_turns(chunks, info.sample_rate), "channels"
+        if channels is not None:
+            turns, backend = channels, "channels"
         else:
+            assert audio is not None
             diarizer = _diarizer(context.model_dir)
             backend = diarizer.name
             if named and isinstance(diarizer, EmbeddingDiarizer):
@@ -222,6 +229,7 @@ def run_job(context: JobContext, job_id: int) -> bool:
                 turns = diarizer.diarize(audio, speakers=speakers, progress=step)
         transcript = None
         if transcribe:
+            assert audio is not None
             words = transcribe_words(audio, progress=_Scaled(reporter, share, 1.0))
             transcript = attribute_words(turns, words)
         _finish(context.engine, job_id, JobStatus.done, result=result_json(turns, transcript),

@@ -27,8 +27,6 @@ from billing.api.errors import (
     NotFound,
     ServiceUnavailable,
     TooManyRequests,
-    Unprocessable,
-    UnsupportedMediaType,
     ValidationErrorBody,
 )
 from billing.api.routes.recordings import (
@@ -36,6 +34,7 @@ from billing.api.routes.recordings import (
     get_recording,
     keyring_of,
     receive_body,
+    refused_audio,
 )
 from storage.diarization import ENROL_MAX_S
 from storage.diarization_jobs import OPEN_JOBS_PER_ORGANISATION, open_jobs, turns_of
@@ -240,9 +239,7 @@ async def enrol_voiceprint(
                 lambda: VoiceEncoder().embed_utterance(audio)
             )
         except UploadRefused as exc:
-            if exc.status == 415:
-                raise UnsupportedMediaType(exc.message, reason="unsupported_format") from None
-            raise Unprocessable(exc.message, reason="unusable_audio") from None
+            raise refused_audio(exc) from None
         except EncoderUnavailable as exc:
             raise ServiceUnavailable(str(exc), reason="encoder_missing") from None
     finally:

@@ -153,6 +153,14 @@ def keyring_of(config: SidecarConfig) -> Keyring:
     return config.recording_keyring
 
 
+def refused_audio(exc: UploadRefused) -> UnsupportedMediaType | Unprocessable:
+    """The API's answer to audio it cannot take: 415 for a format it does not read, 422
+    for audio it cannot use."""
+    if exc.status == 415:
+        return UnsupportedMediaType(exc.message, reason="unsupported_format")
+    return Unprocessable(exc.message, reason="unusable_audio")
+
+
 async def receive_body(request: Request, path: FilePath) -> str:
     """Stream the request's body to ``path`` (its size bounded by the body-limit
     middleware); the body's sha256."""
@@ -223,9 +231,7 @@ async def upload_recording(
         try:
             sealed = await anyio.to_thread.run_sync(seal_upload, incoming, final, keyring)
         except UploadRefused as exc:
-            if exc.status == 415:
-                raise UnsupportedMediaType(exc.message, reason="unsupported_format") from None
-            raise Unprocessable(exc.message, reason="unusable_audio") from None
+            raise refused_audio(exc) from None
     finally:
         incoming.unlink(missing_ok=True)
     fields: dict[str, Any] = {
