@@ -305,6 +305,11 @@ def run_livekit(command: str, rest: list[str], settings: Settings) -> int:
             stop_health = start_health_server(settings)
         except OSError as exc:
             raise StartupError(f"{exc} (HEALTH_PORT: choose a free port)") from None
+    console = None
+    if command == "console" and "--text" not in rest and "--list-devices" not in rest:
+        from agent.console_audio import install_hardened_console
+
+        console = install_hardened_console()
     link = start_sidecar_link(settings)
     try:
         with mask_livekit_logging(settings.log_format):
@@ -312,6 +317,8 @@ def run_livekit(command: str, rest: list[str], settings: Settings) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
+        if console is not None:
+            print(console.audio_counters.summary(), file=sys.stderr)
         if stop_health is not None:
             stop_health.set()
         if link is not None:

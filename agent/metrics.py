@@ -96,3 +96,12 @@ def _on_item(ev: events.ConversationItemAddedEvent) -> None:
 
 def _on_false_interruption(ev: events.AgentFalseInterruptionEvent) -> None:
     INTERRUPTIONS.labels("false").inc()
+
+
+CONSOLE_AUDIO_EVENTS = Counter(
+    "voice_agent_console_audio_events_total",
+    "The console's sound card (python agent.py console): underrun (the speaker's callback "
+    "came late), overflow (microphone samples lost), stale_callback (a replaced stream "
+    "called back), device_query_failure, stream_open_failure, restart (a stream reopened).",
+    ["event"],
+)
