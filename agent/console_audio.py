@@ -281,7 +281,7 @@ class DeviceStream:
         query: Callable[[int | str | None, Kind], DeviceInfo] = query_device,
         open_stream: Callable[..., Any] = open_sounddevice_stream,
         clock: Clock = time.monotonic,
-        stall_s: float = 1.0,
+        stall_s: float = 3.0,
         startup_grace_s: float = 3.0,
         query_cooldown_s: float = 2.0,
         limiter: RestartLimiter | None = None,
@@ -389,8 +389,9 @@ class DeviceStream:
             return "no stream"
         if finished or not stream.active:
             return "stream stopped"
-        # a stream's first callbacks fill its buffer, then it may wait for the device
-        # (1.7-2 s on a PulseAudio null sink here): that is no stall
+        # a stream's first callbacks fill its buffer, then it may wait for the device, and
+        # PortAudio recovers from an underrun the same way (1.7-2 s on a PulseAudio null
+        # sink here): that is no stall, and reopening would only start the wait again
         if not starting and now - last_callback > self._stall_s:
             return "stream stalled"
         return None

@@ -12,6 +12,7 @@ import logging
 import statistics
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,9 @@ class SimulationOptions:
     """As a SIP caller's: masked in logs and in the sidecar's call row."""
     dtmf: list[KeyPresses] = field(default_factory=list)
     """Keypad presses, at seconds from the session's start (``--dtmf``)."""
+    caller_input: Callable[..., CallerAudioInput] = CallerAudioInput
+    """Builds the caller's audio input as ``caller_input(pcm, realtime=...)``: a subclass
+    may observe the pacing (bench.density counts frames handed over late)."""
 
 
 async def simulate_call(
@@ -142,7 +146,7 @@ async def simulate_call(
     sidecar before this returns. Returns the report and the agent's audio (16-bit mono,
     24 kHz), placed on the call's timeline."""
     opts = options or SimulationOptions()
-    caller = CallerAudioInput(caller_pcm, realtime=opts.realtime)
+    caller = opts.caller_input(caller_pcm, realtime=opts.realtime)
     speaker = CapturedAudioOutput()
     collector = _EventCollector()
     activity = _ActivityTracker()

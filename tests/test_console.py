@@ -54,6 +54,7 @@ ASSISTANT_ITEM = re.compile(r'conversation_item_added\s*\{"role":\s*"assistant"'
 CHAT_ITEM = re.compile(r"conversation_item_added\s*(\{.*\})")
 
 GREETING = builtin_profile().greeting
+CONSOLE_AUDIO_SUMMARY = re.compile(r"console audio: .*")
 
 
 class Tmux:
@@ -98,8 +99,9 @@ class Tmux:
         out = self._tmux("display-message", "-p", "-t", "agent", "#{pane_pid}")
         return int(out.stdout.strip()) if out.stdout.strip().isdigit() else None
 
-    def stop(self, grace_s: float = 10.0) -> None:
-        """Ctrl-C to the agent, bounded wait, then kill the server (SIGHUP to the pane)."""
+    def stop(self, grace_s: float = 10.0) -> str:
+        """Ctrl-C to the agent, bounded wait, then kill the server (SIGHUP to the pane).
+        Returns the pane's last screen."""
         pid = self.pane_pid()
         if pid is not None and self.pane_dead() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -107,6 +109,7 @@ class Tmux:
             deadline = time.monotonic() + grace_s
             while self.pane_dead() is None and time.monotonic() < deadline:
                 time.sleep(0.2)
+        last_screen = self.capture()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._tmux("kill-server")
         self.socket.unlink(missing_ok=True)
@@ -117,6 +120,7 @@ class Tmux:
             if pid_alive(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+        return last_screen
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout_s: float, tmux: Tmux) -> None:
@@ -226,7 +230,7 @@ def test_console_greets_then_answers_the_caller_by_name(
         pane = tmux.capture()
     finally:
         recorder()
-        tmux.stop()
+        last_screen = tmux.stop()
 
     heard = transcribe_wav(recording)
     items = chat_items(pane)
@@ -253,6 +257,10 @@ def test_console_greets_then_answers_the_caller_by_name(
         assert share >= MIN_SHARE_OF_AGENT_WORDS, (
             f"the recording has only {share:.0%} of the words of {turn!r}; {context}"
         )
+    # on exit the console says how its sound card fared: the streams never had to reopen
+    summary = CONSOLE_AUDIO_SUMMARY.search(last_screen)
+    assert summary is not None, f"no console audio summary on exit:\n{last_screen}"
+    assert " 0 restart" in summary.group(0) and " 0 stream open failure" in summary.group(0)
 
 
 @pytest.fixture

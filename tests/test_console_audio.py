@@ -239,7 +239,7 @@ def speaker(devices: Devices, clock: FakeClock) -> tuple[DeviceStream, list[int]
         query=devices.query,
         open_stream=devices.open_stream,
         clock=clock,
-        stall_s=1.0,
+        stall_s=3.0,
         startup_grace_s=3.0,
         query_cooldown_s=2.0,
         limiter=RestartLimiter(clock=clock),
@@ -277,9 +277,9 @@ def test_a_stream_whose_callbacks_stall_is_reopened() -> None:
     clock.now += 2.5  # starting up: a stream may wait for its device before it plays
     assert stream.check() is None
     call_back(devices.streams[0])
-    clock.now += 0.9
+    clock.now += 2.9  # PortAudio recovering from an underrun: not yet a stall
     assert stream.check() is None
-    clock.now += 0.2  # 1.1 s without a callback
+    clock.now += 0.2  # 3.1 s without a callback
     assert stream.check() == "stream stalled"
     assert counters.counts["restart"] == 1
 
