@@ -186,32 +186,21 @@ class CaptureResampler:
 
 
 class RestartLimiter:
-    """At most ``max_restarts`` stream restarts in any ``window_s``, ``min_interval_s``
-    apart: a device that fails the moment it opens must not spin the watch thread."""
+    """Stream restarts at least ``min_interval_s`` apart: a device that fails the moment
+    it opens must not spin the watch thread, and one that comes back is reached within
+    that interval (plus a watch tick)."""
 
-    def __init__(
-        self,
-        *,
-        min_interval_s: float = 0.25,
-        max_restarts: int = 4,
-        window_s: float = 2.0,
-        clock: Clock = time.monotonic,
-    ) -> None:
+    def __init__(self, *, min_interval_s: float = 0.5, clock: Clock = time.monotonic) -> None:
         self._min_interval_s = min_interval_s
-        self._max_restarts = max_restarts
-        self._window_s = window_s
         self._clock = clock
-        self._recent: list[float] = []
+        self._last: float | None = None
 
     def allow(self) -> bool:
         """True (and counted) when a restart may happen now."""
         now = self._clock()
-        self._recent = [t for t in self._recent if now - t < self._window_s]
-        if len(self._recent) >= self._max_restarts:
+        if self._last is not None and now - self._last < self._min_interval_s:
             return False
-        if self._recent and now - self._recent[-1] < self._min_interval_s:
-            return False
-        self._recent.append(now)
+        self._last = now
         return True
 
 
