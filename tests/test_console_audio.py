@@ -17,6 +17,7 @@ import pytest
 import soundfile as sf
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from agent.console_audio import (
     AEC_FRAME_SAMPLES,
@@ -254,7 +255,15 @@ def call_back(fake: FakeStream) -> np.ndarray:
     return out
 
 
+def restarts_in_prometheus() -> float:
+    return (
+        REGISTRY.get_sample_value("voice_agent_console_audio_events_total", {"event": "restart"})
+        or 0.0
+    )
+
+
 def test_a_stream_that_stops_is_reopened_and_the_old_one_is_ignored() -> None:
+    exported_before = restarts_in_prometheus()
     devices, clock = Devices(), FakeClock()
     stream, bodies, counters = speaker(devices, clock)
     first = devices.streams[0]
@@ -269,6 +278,7 @@ def test_a_stream_that_stops_is_reopened_and_the_old_one_is_ignored() -> None:
     call_back(devices.streams[1])
     assert bodies == [48_000, 48_000]
     assert counters.counts["restart"] == 1 and counters.counts["stale_callback"] == 1
+    assert restarts_in_prometheus() == exported_before + 1
 
 
 def test_a_stream_whose_callbacks_stall_is_reopened() -> None:
