@@ -37,12 +37,13 @@ from storage.diarization import (
     DiarizationError,
     Diarizer,
     EmbeddingDiarizer,
+    Progress,
     diarizer_for,
     identify,
 )
 from storage.models import DiarizationJob, JobStatus, Recording, Voiceprint, utcnow
 from storage.recording_files import Keyring, RecordingError, open_recording
-from storage.speakers import Turn, attribute_words, channel_turns
+from storage.speakers import CHANNEL_SPEAKERS, Turn, attribute_words, channel_turns, split_caller
 from storage.transcripts import transcribe_words
 from storage.voice_encoder import SAMPLE_RATE_HZ, from_bytes
 
@@ -93,9 +94,11 @@ def _diarizer(model_dir: Path | None) -> Diarizer:
         return _diarizers[model_dir]
 
 
-def recording_audio(path: Path, keyring: Keyring) -> tuple[np.ndarray, float]:
-    """A sealed recording as 16 kHz mono float32 (channels averaged), decrypted and
-    resampled chunk by chunk, and its duration in seconds."""
+def recording_audio(
+    path: Path, keyring: Keyring, *, channel: int | None = None
+) -> tuple[np.ndarray, float]:
+    """A sealed recording as 16 kHz mono float32 (``channel`` alone, else the channels
+    averaged), decrypted and resampled chunk by chunk, and its duration in seconds."""
     info, chunks = open_recording(path, keyring)
     resampler = soxr.ResampleStream(info.sample_rate, SAMPLE_RATE_HZ, 1, dtype="float32")
     pieces = []
@@ -107,7 +110,8 @@ def recording_audio(path: Path, keyring: Keyring) -> tuple[np.ndarray, float]:
         leftover = data[usable:]
         pcm = np.frombuffer(data[:usable], dtype="<i2").reshape(-1, info.channels)
         frames += len(pcm)
-        mono = pcm.astype(np.float32).mean(axis=1) / 32768.0
+        picked = pcm.mean(axis=1) if channel is None else pcm[:, channel]
+        mono = picked.astype(np.float32) / 32768.0
         pieces.append(resampler.resample_chunk(mono))
     pieces.append(resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
     return np.concatenate(pieces), frames / info.sample_rate
@@ -218,6 +222,10 @@ def run_job(context: JobContext, job_id: int) -> bool:
         step = _Scaled(reporter, 0.0, share)
         if channels is not None:
             turns, backend = channels, "channels"
+            if speakers is not None and speakers > len(CHANNEL_SPEAKERS):
+                # more people than channels: the rest speak on the caller's line
+                voices, backend = _caller_voices(path, context, channels, speakers - 1, step)
+                turns = split_caller(channels, voices)
         else:
             assert audio is not None
             diarizer = _diarizer(context.model_dir)
@@ -254,6 +262,32 @@ def run_job(context: JobContext, job_id: int) -> bool:
             return True
         _finish(context.engine, job_id, JobStatus.queued, error=str(exc), reason=None)
         return False
+
+
+def _caller_voices(
+    path: Path, context: JobContext, channels: list[Turn], count: int, progress: Progress
+) -> tuple[list[Turn], str]:
+    """The diarization of a call's caller channel into ``count`` voices, with the agent's
+    turns silenced (what the line echoed of the agent is no second caller), and the
+    backend's name; no voices when the channel has too little speech.
+
+    Only with a count: whether a second voice speaks at all is not something the voice
+    encoder tells reliably (on the corpus, one voice split in two gives centroids as far
+    apart, cosine 0.54-0.87, as two voices do, 0.60-0.87), and a caller split in two
+    who was one is worse than two callers left as one."""
+    audio, _ = recording_audio(path, context.keyring, channel=0)
+    for turn in channels:
+        if turn.speaker == CHANNEL_SPEAKERS[1]:
+            audio[int(turn.start_s * SAMPLE_RATE_HZ) : int(turn.end_s * SAMPLE_RATE_HZ)] = 0.0
+    diarizer = _diarizer(context.model_dir)
+    try:
+        voices = diarizer.diarize(audio, speakers=count, progress=progress)
+    except DiarizationError as exc:
+        if exc.reason != "too_short":
+            raise
+        log.info("caller channel not diarized", extra={"reason": exc.reason})
+        return [], "channels"
+    return voices, f"channels+{diarizer.name}"
 
 
 def _voiceprints(engine: Engine, organisation_id: int) -> dict[str, np.ndarray]:

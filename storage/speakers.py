@@ -4,7 +4,10 @@ A call recorded by the worker has the caller on the left channel and the agent o
 right, on one clock, so its turns come from the channels themselves: the agent's channel
 is the clean audio it played (silence is digital zero), the caller's is a phone line, so
 each is gated on its own level with a short hangover and gaps under ``MERGE_GAP_S``
-closed. Uploaded mono audio needs a diarization model (not here yet).
+closed. When a job is told the call had more people than channels (a speakerphone, a
+phone handed over), :func:`split_caller` names the caller channel's voices ``caller``,
+``caller 2``, ... from that channel's own diarization (storage.diarization_jobs runs it).
+Uploaded audio is diarized by storage.diarization.
 
 Exports: RTTM, JSON, SRT, VTT, TXT, CSV and TSV of the turns, and a speaker-attributed
 transcript (words given with their times are assigned to the speaker talking at their
@@ -122,6 +125,49 @@ def channel_turns(
     turns = [t for gate, who in zip(gates, CHANNEL_SPEAKERS, strict=True)
              for t in _turns(gate.active, who)]  # fmt: skip
     return sorted(turns, key=lambda t: (t.start_s, t.speaker))
+
+
+def split_caller(turns: Sequence[Turn], voices: Sequence[Turn]) -> list[Turn]:
+    """A call's channel turns with the caller's split by voice.
+
+    ``voices`` is the diarization of the caller's channel alone (any labels). With fewer
+    than two voices the turns come back as they are; with more, each caller turn is cut
+    where the voice changes and each piece is named after its voice: ``caller`` for the
+    first heard, then ``caller 2``, ``caller 3``. A stretch of a turn no voice covers takes
+    the voice before it (at the turn's start, the one after; with no voice inside the
+    turn, the nearest)."""
+    order: list[str] = []
+    for voice in sorted(voices, key=lambda v: v.start_s):
+        if voice.speaker not in order:
+            order.append(voice.speaker)
+    if len(order) < 2:
+        return list(turns)
+    names = {who: "caller" if i == 0 else f"caller {i + 1}" for i, who in enumerate(order)}
+    by_start = sorted(voices, key=lambda v: v.start_s)
+    out: list[Turn] = []
+    for turn in turns:
+        if turn.speaker != CHANNEL_SPEAKERS[0]:
+            out.append(turn)
+            continue
+        inside = [v for v in by_start if v.end_s > turn.start_s and v.start_s < turn.end_s]
+        if not inside:
+            nearest = min(
+                by_start,
+                key=lambda v: min(abs(v.start_s - turn.end_s), abs(turn.start_s - v.end_s)),
+            )
+            out.append(Turn(turn.start_s, turn.end_s, names[nearest.speaker]))
+            continue
+        pieces: list[Turn] = []
+        for i, voice in enumerate(inside):
+            start = turn.start_s if i == 0 else max(turn.start_s, voice.start_s)
+            end = turn.end_s if i == len(inside) - 1 else max(start, inside[i + 1].start_s)
+            name = names[voice.speaker]
+            if pieces and pieces[-1].speaker == name:
+                pieces[-1] = Turn(pieces[-1].start_s, end, name)
+            elif end > start:
+                pieces.append(Turn(start, end, name))
+        out.extend(pieces)
+    return sorted(out, key=lambda t: (t.start_s, t.speaker))
 
 
 def attribute_words(turns: Sequence[Turn], words: Sequence[Word]) -> list[Turn]:

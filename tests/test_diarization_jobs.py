@@ -350,36 +350,87 @@ def test_deleting_a_recording_removes_its_diarizations(api):
         assert session.get(DiarizationJob, job_id) is None
 
 
-def test_a_call_recording_is_split_by_its_channels_and_transcribed(api, tmp_path):
-    """Our own call: the caller (Diane in the corpus call) on the left, the agent (Sheila)
-    on the right; the job takes the speakers from the channels, not from clustering."""
+def corpus_turns() -> list[tuple[str, float, float]]:
+    """(who, start, end) of the corpus call's turns (sample.stm)."""
+    turns = []
+    for line in (DATA / "sample.stm").read_text().splitlines():
+        _, _, who, start, end, *_ = line.split()
+        turns.append((who, float(start), float(end)))
+    return turns
+
+
+def store_call(api: Api, tmp_path: Path, call_id: str, stereo: np.ndarray) -> int:
+    """A two-channel call recording (caller left, agent right) as the worker stores it."""
     from agent.recording import recording_path
     from storage.recording_files import RecordingWriter
     from tests.api_client import SERVICE_HEADERS
 
-    audio = sample_audio()
-    stereo = np.zeros((len(audio), 2), dtype=np.float32)
-    for line in (DATA / "sample.stm").read_text().splitlines():
-        _, _, who, start, end, *_ = line.split()
-        a, b = int(float(start) * 16_000), int(float(end) * 16_000)
-        stereo[a:b, 0 if who == "Diane" else 1] = audio[a:b]
-    path = recording_path(tmp_path / "pending", api.admin.organisation_id, "call-D1")
+    path = recording_path(tmp_path / "pending", api.admin.organisation_id, call_id)
     writer = RecordingWriter(path, RING, sample_rate=16_000, channels=2)
-    writer.write((stereo * 32767).astype("<i2").tobytes())
+    writer.write((np.clip(stereo, -1, 1) * 32767).astype("<i2").tobytes())
     writer.close()
-    stored = api.client.put(f"/internal/recordings/{api.admin.organisation_id}/call-D1",
+    stored = api.client.put(f"/internal/recordings/{api.admin.organisation_id}/{call_id}",
                             content=path.read_bytes(), headers=SERVICE_HEADERS)  # fmt: skip
     assert stored.status_code == 201, stored.text
+    return int(stored.json()["id"])
 
-    job = api.until_over(api.submit(stored.json()["id"], transcribe=True)["id"])
+
+def test_a_call_recording_is_split_by_its_channels_and_transcribed(api, tmp_path):
+    """Our own call: the caller (Diane in the corpus call) on the left, the agent (Sheila)
+    on the right; the job takes the speakers from the channels, not from clustering, and
+    one voice on the caller's channel stays one caller."""
+    audio = sample_audio()
+    stereo = np.zeros((len(audio), 2), dtype=np.float32)
+    for who, start, end in corpus_turns():
+        a, b = int(start * 16_000), int(end * 16_000)
+        stereo[a:b, 0 if who == "Diane" else 1] = audio[a:b]
+    recording = store_call(api, tmp_path, "call-D1", stereo)
+
+    job = api.until_over(api.submit(recording, transcribe=True)["id"])
     assert job["status"] == "done" and job["backend"] == "channels", job
     lines = api.client.get(f"/v1/jobs/{job['id']}/result", params={"transcript": True},
                            headers=api.admin.headers).json()["turns"]  # fmt: skip
+    assert {line["speaker"] for line in lines} == {"caller", "agent"}
     said = {who: " ".join(line["text"] for line in lines if line["speaker"] == who)
             for who in ("caller", "agent")}  # fmt: skip
     # words only one of them says (sample.stm)
     assert "New Jersey" in said["caller"] and "Yankee" not in said["caller"], said
     assert "Yankee" in said["agent"] and "New Jersey" not in said["agent"], said
+
+
+def test_two_voices_on_the_caller_channel_are_told_apart(api, tmp_path):
+    """A speakerphone: both people of the corpus call on the caller's channel, the agent
+    (JFK's voice) on its own after them, and the job told there were three people. The
+    caller channel is diarized into two voices, the agent's channel is not touched, and
+    each caller's speech goes to a name of its own."""
+    audio = sample_audio()
+    jfk, rate = sf.read(DATA / "jfk.flac", dtype="float32")
+    agent = soxr.resample(jfk.mean(axis=1), rate, 16_000)[: 4 * 16_000]
+    stereo = np.zeros((len(audio) + len(agent) + 8_000, 2), dtype=np.float32)
+    stereo[: len(audio), 0] = audio
+    stereo[len(audio) + 8_000 :, 1] = agent
+    recording = store_call(api, tmp_path, "call-S1", stereo)
+
+    job = api.until_over(api.submit(recording, speakers=3)["id"])
+    assert job["status"] == "done" and job["backend"] == "channels+embedding", job
+    turns = api.client.get(f"/v1/jobs/{job['id']}/result",
+                           headers=api.admin.headers).json()["turns"]  # fmt: skip
+    assert {t["speaker"] for t in turns} == {"caller", "caller 2", "agent"}, turns
+    assert all(t["start_s"] >= len(audio) / 16_000 for t in turns if t["speaker"] == "agent")
+    # each person's reference speech: how much of it carries each name
+    heard: dict[str, dict[str, float]] = {}
+    for who, start, end in corpus_turns():
+        for t in turns:
+            overlap = min(end, t["end_s"]) - max(start, t["start_s"])
+            if overlap > 0:
+                names = heard.setdefault(who, {})
+                names[t["speaker"]] = names.get(t["speaker"], 0.0) + overlap
+    named = {who: max(names, key=names.__getitem__) for who, names in heard.items()}
+    assert set(named.values()) == {"caller", "caller 2"}, heard
+    # the voice encoder's accuracy on this 8 kHz-band call (bench.diarization: DER 20 %
+    # with the count given); measured here: 84 % of the speech named right (75 % and 92 %)
+    right = sum(names[named[who]] for who, names in heard.items())
+    assert right / sum(sum(names.values()) for names in heard.values()) >= 0.75, heard
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import os
 import numpy as np
 import pytest
 
-from storage.speakers import Turn, Word, attribute_words, channel_turns, export
+from storage.speakers import Turn, Word, attribute_words, channel_turns, export, split_caller
 
 RATE = 16_000
 
@@ -157,3 +157,40 @@ async def test_the_api_serves_a_call_recordings_turns_and_refuses_other_audio(
             refused = await http.get(f"/v1/recordings/{up.json()['id']}/speakers",
                                      headers=admin.headers)  # fmt: skip
             assert refused.status_code == 422 and "two-channel" in refused.json()["detail"]
+
+
+CALL = [
+    Turn(0.0, 2.0, "agent"),
+    Turn(2.5, 6.0, "caller"),
+    Turn(6.5, 8.0, "agent"),
+    Turn(8.5, 10.0, "caller"),
+]
+
+
+def test_one_voice_on_the_caller_channel_leaves_the_turns_as_they_are():
+    voices = [Turn(2.6, 5.9, "SPEAKER_00"), Turn(8.6, 9.8, "SPEAKER_00")]
+    assert split_caller(CALL, voices) == CALL
+    assert split_caller(CALL, []) == CALL
+
+
+def test_a_second_voice_on_the_caller_channel_gets_its_own_name_where_it_speaks():
+    # a speakerphone: the first caller hands over mid-turn at 4.1 s; the voices' edges
+    # (VAD) do not match the channel's turns exactly
+    voices = [
+        Turn(2.6, 4.0, "SPEAKER_01"),
+        Turn(4.2, 5.9, "SPEAKER_00"),
+        Turn(8.7, 9.9, "SPEAKER_01"),
+    ]
+    assert split_caller(CALL, voices) == [
+        Turn(0.0, 2.0, "agent"),
+        Turn(2.5, 4.2, "caller"),
+        Turn(4.2, 6.0, "caller 2"),
+        Turn(6.5, 8.0, "agent"),
+        Turn(8.5, 10.0, "caller"),
+    ]
+
+
+def test_a_caller_turn_no_voice_covers_takes_the_nearest_voice():
+    voices = [Turn(2.6, 5.9, "A"), Turn(11.0, 12.0, "B")]
+    turns = [*CALL, Turn(10.5, 10.8, "caller")]
+    assert split_caller(turns, voices)[-1] == Turn(10.5, 10.8, "caller 2")
