@@ -1,9 +1,11 @@
 """Who spoke when in audio we did not record ourselves: offline speaker diarization.
 
-    audio (16 kHz mono) -> speech regions (Silero VAD, as shipped in faster-whisper)
+    audio (16 kHz mono), BLOCK_S at a time
+      -> speech regions (Silero VAD, as shipped in faster-whisper)
       -> 1.6 s windows every HOP_S inside them -> speaker embeddings (storage.voice_encoder)
       -> agglomerative clustering (cosine, average linkage; N speakers if given, else a
-         distance threshold) -> each 10 ms of speech to the cluster of the windows around it
+         distance threshold; of at most MAX_CLUSTERED_WINDOWS windows, the others go to
+         the nearest centroid) -> each 10 ms of speech to the cluster of the windows around it
       -> turns, labelled SPEAKER_00, SPEAKER_01, ... in order of first speech, or with an
          enrolled person's name when their voiceprint matches (:func:`identify`)
 
@@ -12,13 +14,17 @@ weights come with ``setup.sh --diarization``) and :class:`PyannoteDiarizer`, whi
 ``pyannote.audio`` pipeline from ``DIARIZATION_MODEL_DIR`` (a directory whose
 ``config.yaml`` names local checkpoints, as pyannote's own pipelines do; never a hub id).
 Errors a person can act on are :class:`DiarizationError` with a reason code.
+
+Memory: the embedding diarizer takes its audio as blocks (:data:`Audio`), so a long
+recording read block by block from its file is never whole in memory: what it keeps is a
+256-float embedding per window (~2.3 MB per hour of speech) and the 10 ms frame votes.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -55,6 +61,12 @@ ENROL_MAX_S = 120.0
 VAD_THRESHOLD = 0.3
 """Silero's speech probability threshold: its default 0.5 misses a third of the quiet,
 distant speech of the AMI meeting excerpts; 0.3 misses under a fifth (bench)."""
+BLOCK_S = 600.0
+"""Audio is read, searched for speech and embedded this much at a time."""
+MAX_CLUSTERED_WINDOWS = 2000
+"""Agglomerative clustering needs every pairwise distance (n^2 / 2 floats: 16 MB for
+2000 windows, 1.3 GB for the 18000 of two hours of speech); past this many windows an
+evenly spread sample is clustered and the rest join the nearest centroid."""
 MIN_CLUSTER_SHARE = 0.1
 """A cluster with fewer of the windows than this is folded into its nearest neighbour:
 average linkage leaves a few odd windows (laughter, crosstalk) as clusters of their own."""
@@ -64,6 +76,25 @@ Reason = Literal[
 ]
 Progress = Callable[[float], None]
 """Called with the share done (0-1); may raise to cancel."""
+Audio = np.ndarray | Iterable[np.ndarray]
+"""16 kHz mono float audio: one array, or its consecutive blocks (read as needed)."""
+
+
+def blocks_of(audio: Audio, block_s: float | None = None) -> Iterator[np.ndarray]:
+    """``audio`` in blocks of ``block_s`` (default :data:`BLOCK_S`); blocks pass through."""
+    if not isinstance(audio, np.ndarray):
+        yield from audio
+        return
+    step = int((block_s or BLOCK_S) * SAMPLE_RATE_HZ)
+    for start in range(0, max(len(audio), 1), step):
+        yield audio[start : start + step]
+
+
+def whole(audio: Audio) -> np.ndarray:
+    """``audio`` as one array (for a backend that needs it so)."""
+    if isinstance(audio, np.ndarray):
+        return audio
+    return np.concatenate([np.zeros(0, dtype=np.float32), *audio])
 
 
 class DiarizationError(Exception):
@@ -78,9 +109,15 @@ class Diarizer(Protocol):
     name: str
 
     def diarize(
-        self, audio: np.ndarray, *, speakers: int | None = None, progress: Progress | None = None
+        self,
+        audio: Audio,
+        *,
+        speakers: int | None = None,
+        progress: Progress | None = None,
+        duration_s: float | None = None,
     ) -> list[Turn]:
-        """Turns of 16 kHz mono float audio, labelled ``SPEAKER_nn``."""
+        """Turns of 16 kHz mono float audio, labelled ``SPEAKER_nn``; ``duration_s`` (the
+        audio's, when given as blocks) scales the progress."""
         ...
 
 
@@ -117,6 +154,19 @@ def _window_starts(regions: Sequence[tuple[float, float]], duration_s: float) ->
 
 def _cluster(embeddings: np.ndarray, speakers: int | None) -> np.ndarray:
     """Cluster ids (0..k-1) of unit embeddings."""
+    if len(embeddings) > MAX_CLUSTERED_WINDOWS:
+        sample = np.linspace(0, len(embeddings) - 1, MAX_CLUSTERED_WINDOWS).astype(int)
+        sampled = _agglomerate(embeddings[sample], speakers)
+        centroids = np.stack(
+            [embeddings[sample][sampled == i].mean(axis=0) for i in range(sampled.max() + 1)]
+        )
+        centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-9)
+        nearest = np.argmax(embeddings @ centroids.T, axis=1)
+        return np.unique(nearest, return_inverse=True)[1]
+    return _agglomerate(embeddings, speakers)
+
+
+def _agglomerate(embeddings: np.ndarray, speakers: int | None) -> np.ndarray:
     from scipy.cluster.hierarchy import fcluster, linkage
 
     if len(embeddings) == 1:
@@ -182,32 +232,54 @@ class EmbeddingDiarizer:
             raise DiarizationError("model_missing", str(exc)) from None
 
     def diarize(
-        self, audio: np.ndarray, *, speakers: int | None = None, progress: Progress | None = None
+        self,
+        audio: Audio,
+        *,
+        speakers: int | None = None,
+        progress: Progress | None = None,
+        duration_s: float | None = None,
     ) -> list[Turn]:
-        return self.cluster(audio, speakers=speakers, progress=progress).turns
+        return self.cluster(
+            audio, speakers=speakers, progress=progress, duration_s=duration_s
+        ).turns
 
     def cluster(
-        self, audio: np.ndarray, *, speakers: int | None = None, progress: Progress | None = None
+        self,
+        audio: Audio,
+        *,
+        speakers: int | None = None,
+        progress: Progress | None = None,
+        duration_s: float | None = None,
     ) -> Clustered:
         report = progress or (lambda share: None)
-        duration_s = len(audio) / SAMPLE_RATE_HZ
-        regions = speech_regions(audio)
+        if isinstance(audio, np.ndarray):
+            duration_s = len(audio) / SAMPLE_RATE_HZ
+        regions: list[tuple[float, float]] = []
+        starts: list[float] = []
+        embeddings: list[np.ndarray] = []
+        offset_s = 0.0
+        for block in blocks_of(audio):
+            if not len(block):
+                continue
+            block_regions = speech_regions(block)
+            if block_regions:
+                mask = np.zeros(len(block), dtype=bool)
+                for begin, end in block_regions:
+                    mask[int(begin * SAMPLE_RATE_HZ) : int(end * SAMPLE_RATE_HZ)] = True
+                scaled = at_level(block, mask)
+                block_starts = _window_starts(block_regions, len(block) / SAMPLE_RATE_HZ)
+                for i in range(0, len(block_starts), 16):
+                    embeddings.append(self.encoder.embed_windows(scaled, block_starts[i : i + 16]))
+                regions += [(offset_s + b, offset_s + e) for b, e in block_regions]
+                starts += [offset_s + t for t in block_starts]
+            offset_s += len(block) / SAMPLE_RATE_HZ
+            report(0.9 * min(1.0, offset_s / duration_s) if duration_s else 0.0)
+        duration_s = offset_s
         speech_s = sum(end - begin for begin, end in regions)
         if speech_s < MIN_SPEECH_S:
             raise DiarizationError(
                 "too_short", f"{speech_s:.1f} s of speech; at least {MIN_SPEECH_S} s is needed"
             )
-        report(0.1)
-        mask = np.zeros(len(audio), dtype=bool)
-        for begin, end in regions:
-            mask[int(begin * SAMPLE_RATE_HZ) : int(end * SAMPLE_RATE_HZ)] = True
-        scaled = at_level(audio, mask)
-        starts = _window_starts(regions, duration_s)
-        embeddings = []
-        batch = 16
-        for i in range(0, len(starts), batch):
-            embeddings.append(self.encoder.embed_windows(scaled, starts[i : i + batch]))
-            report(0.1 + 0.8 * min(1.0, (i + batch) / len(starts)))
         windows = np.concatenate(embeddings)
         labels = _cluster(windows, speakers)
 
@@ -295,11 +367,17 @@ class PyannoteDiarizer:
             ) from None
 
     def diarize(
-        self, audio: np.ndarray, *, speakers: int | None = None, progress: Progress | None = None
+        self,
+        audio: Audio,
+        *,
+        speakers: int | None = None,
+        progress: Progress | None = None,
+        duration_s: float | None = None,
     ) -> list[Turn]:
         import torch
 
-        waveform = torch.from_numpy(audio.astype(np.float32)[None, :])
+        # pyannote's pipeline takes the whole waveform
+        waveform = torch.from_numpy(whole(audio).astype(np.float32)[None, :])
         options = {"num_speakers": speakers} if speakers else {}
         result = self._pipeline({"waveform": waveform, "sample_rate": SAMPLE_RATE_HZ}, **options)
         annotation = getattr(result, "speaker_diarization", result)

@@ -21,7 +21,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,12 +34,15 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from storage.diarization import (
+    BLOCK_S,
+    Audio,
     DiarizationError,
     Diarizer,
     EmbeddingDiarizer,
     Progress,
     diarizer_for,
     identify,
+    whole,
 )
 from storage.models import DiarizationJob, JobStatus, Recording, Voiceprint, utcnow
 from storage.recording_files import Keyring, RecordingError, open_recording
@@ -94,27 +97,53 @@ def _diarizer(model_dir: Path | None) -> Diarizer:
         return _diarizers[model_dir]
 
 
+def recording_blocks(
+    path: Path, keyring: Keyring, *, channel: int | None = None, block_s: float = BLOCK_S
+) -> Iterator[np.ndarray]:
+    """A sealed recording as 16 kHz mono float32 (``channel`` alone, else the channels
+    averaged) in blocks of ``block_s``, decrypted and resampled chunk by chunk: only a
+    block is in memory at a time. Raises RecordingError (or OSError) when it cannot be
+    opened or read."""
+    info, chunks = open_recording(path, keyring)
+    return _blocks(chunks, info.sample_rate, info.channels, channel, int(block_s * SAMPLE_RATE_HZ))
+
+
+def _blocks(
+    chunks: Iterable[bytes], rate: int, channels: int, channel: int | None, block: int
+) -> Iterator[np.ndarray]:
+    resampler = soxr.ResampleStream(rate, SAMPLE_RATE_HZ, 1, dtype="float32")
+    pieces: list[np.ndarray] = []
+    held = 0
+    leftover = b""
+    for chunk in _with_end(chunks):
+        if chunk is None:
+            out = resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+        else:
+            data = leftover + chunk
+            usable = len(data) - len(data) % (2 * channels)
+            leftover = data[usable:]
+            pcm = np.frombuffer(data[:usable], dtype="<i2").reshape(-1, channels)
+            picked = pcm.mean(axis=1) if channel is None else pcm[:, channel]
+            out = resampler.resample_chunk(picked.astype(np.float32) / 32768.0)
+        pieces.append(out)
+        held += len(out)
+        while held >= block or (chunk is None and held):
+            audio = np.concatenate(pieces)
+            yield audio[:block]
+            pieces, held = [audio[block:]], len(audio) - min(block, len(audio))
+
+
+def _with_end(chunks: Iterable[bytes]) -> Iterator[bytes | None]:
+    yield from chunks
+    yield None
+
+
 def recording_audio(
     path: Path, keyring: Keyring, *, channel: int | None = None
 ) -> tuple[np.ndarray, float]:
-    """A sealed recording as 16 kHz mono float32 (``channel`` alone, else the channels
-    averaged), decrypted and resampled chunk by chunk, and its duration in seconds."""
-    info, chunks = open_recording(path, keyring)
-    resampler = soxr.ResampleStream(info.sample_rate, SAMPLE_RATE_HZ, 1, dtype="float32")
-    pieces = []
-    frames = 0
-    leftover = b""
-    for chunk in chunks:
-        data = leftover + chunk
-        usable = len(data) - len(data) % (2 * info.channels)
-        leftover = data[usable:]
-        pcm = np.frombuffer(data[:usable], dtype="<i2").reshape(-1, info.channels)
-        frames += len(pcm)
-        picked = pcm.mean(axis=1) if channel is None else pcm[:, channel]
-        mono = picked.astype(np.float32) / 32768.0
-        pieces.append(resampler.resample_chunk(mono))
-    pieces.append(resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
-    return np.concatenate(pieces), frames / info.sample_rate
+    """The whole of :func:`recording_blocks` as one array, and its duration in seconds."""
+    audio = whole(recording_blocks(path, keyring, channel=channel))
+    return audio, len(audio) / SAMPLE_RATE_HZ
 
 
 def result_json(turns: list[Turn], transcript: list[Turn] | None) -> str:
@@ -204,9 +233,12 @@ def run_job(context: JobContext, job_id: int) -> bool:
         if path is None:
             raise DiarizationError("unsupported", "the recording was deleted")
         try:
-            # a call split by its channels needs the mixed-down audio only to transcribe
-            audio = (
-                recording_audio(path, context.keyring)[0] if transcribe or not by_channel else None
+            # only a transcript needs the whole recording in memory: diarizing reads it a
+            # block at a time (opened here, so a file that cannot be read fails at once)
+            audio: Audio = (
+                recording_audio(path, context.keyring)[0]
+                if transcribe
+                else recording_blocks(path, context.keyring)
             )
             channels = None
             if by_channel:  # our own call: who spoke when is in its channels, exactly
@@ -227,17 +259,20 @@ def run_job(context: JobContext, job_id: int) -> bool:
                 voices, backend = _caller_voices(path, context, channels, speakers - 1, step)
                 turns = split_caller(channels, voices)
         else:
-            assert audio is not None
             diarizer = _diarizer(context.model_dir)
             backend = diarizer.name
             if named and isinstance(diarizer, EmbeddingDiarizer):
-                clustered = diarizer.cluster(audio, speakers=speakers, progress=step)
+                clustered = diarizer.cluster(
+                    audio, speakers=speakers, progress=step, duration_s=duration_s
+                )
                 turns = identify(clustered, _voiceprints(context.engine, organisation_id))
             else:
-                turns = diarizer.diarize(audio, speakers=speakers, progress=step)
+                turns = diarizer.diarize(
+                    audio, speakers=speakers, progress=step, duration_s=duration_s
+                )
         transcript = None
         if transcribe:
-            assert audio is not None
+            assert isinstance(audio, np.ndarray)
             words = transcribe_words(audio, progress=_Scaled(reporter, share, 1.0))
             transcript = attribute_words(turns, words)
         _finish(context.engine, job_id, JobStatus.done, result=result_json(turns, transcript),
@@ -250,6 +285,11 @@ def run_job(context: JobContext, job_id: int) -> bool:
         return True
     except JobCancelled:
         log.info("diarization cancelled", extra=extra)
+        return True
+    except RecordingError as exc:  # a chunk past the header would not decrypt
+        log.warning("diarization failed", extra={**extra, "reason": "unsupported"})
+        _finish(context.engine, job_id, JobStatus.failed, error=f"the recording cannot be "
+                f"read: {exc}", reason="unsupported")  # fmt: skip
         return True
     except DiarizationError as exc:
         log.warning("diarization failed", extra={**extra, "reason": exc.reason, "error": str(exc)})
@@ -275,7 +315,7 @@ def _caller_voices(
     encoder tells reliably (on the corpus, one voice split in two gives centroids as far
     apart, cosine 0.54-0.87, as two voices do, 0.60-0.87), and a caller split in two
     who was one is worse than two callers left as one."""
-    audio, _ = recording_audio(path, context.keyring, channel=0)
+    audio, _ = recording_audio(path, context.keyring, channel=0)  # silenced in place below
     for turn in channels:
         if turn.speaker == CHANNEL_SPEAKERS[1]:
             audio[int(turn.start_s * SAMPLE_RATE_HZ) : int(turn.end_s * SAMPLE_RATE_HZ)] = 0.0

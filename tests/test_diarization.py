@@ -233,3 +233,48 @@ def test_the_cli_prints_turns_and_refuses_what_is_not_audio(tmp_path):
     assert "too short" in run(str(short)).stderr
     assert run(str(DATA / "sample.wav"), "--speakers", "21").returncode == 2
     assert run(str(tmp_path / "missing.wav")).returncode == 1
+
+
+def test_a_long_recording_is_diarized_a_block_at_a_time_in_bounded_memory(
+    diarizer, sample, tmp_path, monkeypatch
+):
+    """The corpus call tiled to 1 and to 4 minutes (a little noise so no two copies are
+    alike), sealed as the sidecar keeps it and read back 30 s at a time: the longer one
+    needs no more memory than the short one, where holding it whole would take 15 MB more
+    (twice that with its level-scaled copy). Past MAX_CLUSTERED_WINDOWS (lowered here) a
+    sample is clustered and every window joins its nearest centroid."""
+    import tracemalloc
+
+    from storage import diarization
+    from storage.diarization_jobs import recording_blocks
+    from storage.recording_files import Keyring, RecordingWriter
+
+    monkeypatch.setattr(diarization, "MAX_CLUSTERED_WINDOWS", 300)
+    ring = Keyring({"k": bytes(32)}, "k")
+    rng = np.random.default_rng(3)
+
+    def diarize_copies(copies: int) -> tuple[diarization.Clustered, int]:
+        path = tmp_path / f"{copies}.rec"
+        writer = RecordingWriter(path, ring, sample_rate=16_000, channels=1)
+        for _ in range(copies):
+            noisy = sample + rng.normal(0, 0.002, len(sample)).astype(np.float32)
+            writer.write((np.clip(noisy, -1, 1) * 32767).astype("<i2").tobytes())
+        writer.close()
+        blocks = recording_blocks(path, ring, block_s=30.0)
+        tracemalloc.start()
+        try:
+            clustered = diarizer.cluster(blocks, speakers=2, duration_s=copies * 30.0)
+            return clustered, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    _, short_peak = diarize_copies(2)
+    clustered, long_peak = diarize_copies(8)
+    long_audio_bytes = 8 * len(sample) * 4
+    print(f"peak {short_peak / 1e6:.1f} MB for 1 min, {long_peak / 1e6:.1f} MB for 4 min")
+    assert long_peak < short_peak + long_audio_bytes / 2, (short_peak, long_peak)
+    # every copy is diarized alike: the last copy's turns match the first's
+    assert len(clustered.centroids) == 2
+    first = [t for t in clustered.turns if t.end_s <= 30.0]
+    last = [t for t in clustered.turns if t.start_s >= 210.0 and t.end_s <= 240.0]
+    assert last and abs(len(last) - len(first)) <= 3, (first, last)

@@ -258,7 +258,7 @@ class Flaky:
     def __init__(self, failures: int) -> None:
         self.failures = failures
 
-    def diarize(self, audio, *, speakers=None, progress=None):  # type: ignore[no-untyped-def]
+    def diarize(self, audio, *, speakers=None, progress=None, duration_s=None):  # type: ignore[no-untyped-def]
         if self.failures:
             self.failures -= 1
             raise RuntimeError("the model server hiccupped")
