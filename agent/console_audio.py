@@ -52,6 +52,11 @@ CONTENT_RATE_HZ = 24_000
 AEC_FRAME_SAMPLES = 240
 """10 ms at 24 kHz: the echo canceller's frame."""
 
+STREAM_LATENCY_S = 0.1
+"""The sound card's buffer. PortAudio's own choice on PulseAudio (35 ms) underran 5 times
+in 3 minutes on this 2-core machine under load (bench.console_audio); livekit's console
+plays 100 ms blocks. What is in the buffer still plays after a barge-in."""
+
 Kind = Literal["input", "output"]
 Clock = Callable[[], float]
 
@@ -231,7 +236,8 @@ def open_sounddevice_stream(
     callback: Callable[[np.ndarray, int, Any, Any], None],
     on_finished: Callable[[], None],
 ) -> Any:
-    """An started ``sounddevice`` stream, mono float32; raises ``PortAudioError``."""
+    """A started ``sounddevice`` stream, mono float32, with :data:`STREAM_LATENCY_S` of
+    buffering; raises ``PortAudioError``."""
     import sounddevice as sd
 
     cls = sd.OutputStream if kind == "output" else sd.InputStream
@@ -240,6 +246,7 @@ def open_sounddevice_stream(
         device=device,
         channels=1,
         dtype="float32",
+        latency=STREAM_LATENCY_S,
         callback=callback,
         finished_callback=on_finished,
     )
