@@ -11,10 +11,13 @@ cd "$(dirname "$0")"
 # espeak-ng: phonemizer data for voices; python3.11-venv: creating .venv.
 APT_PACKAGES=(libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2-plugins tmux espeak-ng)
 # --tests (test.sh): chromium too, the headless browser the call page's tests drive, and
-# the diarization extra (its tests run too); --diarization: that extra alone
+# both diarization extras (their tests run too); --diarization: the embedding diarizer's
+# extra alone; --pyannote: that and the pyannote backend (PyTorch, ~1.6 GB)
 [ "${1:-}" = "--tests" ] && APT_PACKAGES+=(chromium)
 DIARIZATION=0
-case "${1:-}" in --tests|--diarization) DIARIZATION=1 ;; esac
+PYANNOTE=0
+case "${1:-}" in --tests|--diarization|--pyannote) DIARIZATION=1 ;; esac
+case "${1:-}" in --tests|--pyannote) PYANNOTE=1 ;; esac
 PYTHON="${PYTHON:-python3.11}"
 
 missing=()
@@ -71,6 +74,27 @@ if [ "$DIARIZATION" = 1 ]; then
         echo "setup: installing the diarization extra" >&2
         .venv/bin/python -m pip install -q --no-deps --require-hashes -r requirements-diarization.lock
         echo "$dz_want" > "$dz_stamp"
+    fi
+fi
+
+# The pyannote backend (requirements-pyannote.lock, DIARIZATION_MODEL_DIR): pyannote.audio and
+# the CPU build of PyTorch, which only PyTorch's own index serves (unless pip finds the wheel
+# elsewhere already, as on a machine with a local mirror: tried first, so that an offline
+# machine with the wheel is not sent to the network).
+if [ "$PYANNOTE" = 1 ]; then
+    pa_stamp=.venv/.requirements-pyannote.lock.sha256
+    pa_want=$(cat requirements.lock requirements-diarization.lock requirements-pyannote.lock \
+        | sha256sum | cut -d' ' -f1)
+    if [ "$(cat "$pa_stamp" 2>/dev/null)" != "$pa_want" ]; then
+        echo "setup: installing the pyannote backend (PyTorch CPU, ~1.6 GB)" >&2
+        pa_install=(.venv/bin/python -m pip install -q --no-deps --require-hashes
+            -r requirements-pyannote.lock)
+        "${pa_install[@]}" 2>/dev/null \
+            || "${pa_install[@]}" --extra-index-url https://download.pytorch.org/whl/cpu
+        # torchaudio's compiled extension links CUDA libraries and fails to load on the CPU
+        # build of torch; without it torchaudio loads its pure-Python parts, all pyannote uses
+        find .venv/lib -path "*/torchaudio/lib/_torchaudio.so" -delete
+        echo "$pa_want" > "$pa_stamp"
     fi
 fi
 

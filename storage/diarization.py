@@ -341,7 +341,7 @@ def identify(
 
 class PyannoteDiarizer:
     """A ``pyannote.audio`` pipeline from a local model directory (``config.yaml`` naming
-    its checkpoints). Needs ``pip install .[pyannote]`` (PyTorch); never downloads."""
+    its checkpoints). Needs ``bash setup.sh --pyannote`` (PyTorch); never downloads."""
 
     name = "pyannote"
 
@@ -357,8 +357,21 @@ class PyannoteDiarizer:
             from pyannote.audio import Pipeline
         except ImportError:
             raise DiarizationError(
-                "model_missing", "pyannote.audio is not installed (pip install '.[pyannote]')"
+                "model_missing", "pyannote.audio is not installed (bash setup.sh --pyannote)"
             ) from None
+        except OSError as exc:  # torchaudio's CUDA-linked extension on a CPU-only torch
+            raise DiarizationError(
+                "model_missing",
+                f"pyannote.audio cannot load ({exc}); bash setup.sh --pyannote installs it "
+                "with the CPU build of PyTorch",
+            ) from None
+        import huggingface_hub.constants
+        import torch
+
+        # read by huggingface_hub when it is first imported, which faster-whisper may have
+        # done already: a config naming a hub id must fail here, not download
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+        torch.set_num_threads(1)  # two threads spin on a 2-core machine (FACTS.md)
         try:
             self._pipeline = Pipeline.from_pretrained(model_dir)
         except Exception as exc:
@@ -381,11 +394,15 @@ class PyannoteDiarizer:
         options = {"num_speakers": speakers} if speakers else {}
         result = self._pipeline({"waveform": waveform, "sample_rate": SAMPLE_RATE_HZ}, **options)
         annotation = getattr(result, "speaker_diarization", result)
+        end_s = waveform.shape[1] / SAMPLE_RATE_HZ
         names: dict[str, str] = {}
         turns = []
         for segment, _, label in annotation.itertracks(yield_label=True):
-            names.setdefault(label, f"SPEAKER_{len(names):02d}")
-            turns.append(Turn(round(segment.start, 3), round(segment.end, 3), names[label]))
+            # its frames may reach a few ms past the end of the audio
+            start, end = round(segment.start, 3), round(min(segment.end, end_s), 3)
+            if end > start:
+                names.setdefault(label, f"SPEAKER_{len(names):02d}")
+                turns.append(Turn(start, end, names[label]))
         if progress:
             progress(1.0)
         return turns

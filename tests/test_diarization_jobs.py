@@ -375,6 +375,27 @@ def store_call(api: Api, tmp_path: Path, call_id: str, stereo: np.ndarray) -> in
     return int(stored.json()["id"])
 
 
+def test_a_job_runs_the_pyannote_pipeline_of_diarization_model_dir(
+    engine, database_url, tmp_path
+):
+    """DIARIZATION_MODEL_DIR names a pyannote pipeline (tiny, untrained checkpoints built
+    here; tests/pyannote_tiny.py): the job loads it and reports its backend."""
+    pytest.importorskip("pyannote.audio", exc_type=ImportError)
+    from tests.pyannote_tiny import build_tiny_pipeline
+
+    model_dir = build_tiny_pipeline(tmp_path / "pipeline")
+    config = make_config(database_url, tmp_path / "rec", recording_keyring=RING,
+                         diarization_model_dir=model_dir)  # fmt: skip
+    seed = Seeder(engine, config.recordings_dir)
+    admin = seed.member(seed.organisation(), Role.admin)
+    with TestClient(create_app(config, engine=engine)) as client:
+        api = Api(client, admin, seed, JobContext(engine, config.recordings_dir, RING, model_dir))
+        recording = api.upload(wav_bytes(sample_audio()[: 16_000 * 10], 16_000))
+        job = api.until_over(api.submit(recording, speakers=2)["id"])
+    assert job["status"] == "done" and job["backend"] == "pyannote", job
+    assert job["progress"] == 1.0
+
+
 def test_a_call_recording_is_split_by_its_channels_and_transcribed(api, tmp_path):
     """Our own call: the caller (Diane in the corpus call) on the left, the agent (Sheila)
     on the right; the job takes the speakers from the channels, not from clustering, and
