@@ -27,7 +27,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -373,11 +373,15 @@ class PyannoteDiarizer:
         huggingface_hub.constants.HF_HUB_OFFLINE = True
         torch.set_num_threads(1)  # two threads spin on a 2-core machine (FACTS.md)
         try:
-            self._pipeline = Pipeline.from_pretrained(model_dir)
+            pipeline = Pipeline.from_pretrained(model_dir)
         except Exception as exc:
             raise DiarizationError(
                 "model_incomplete", f"{model_dir} could not be loaded: {exc}"
             ) from None
+        if pipeline is None:  # what from_pretrained returns for a checkpoint it cannot find
+            raise DiarizationError("model_incomplete", f"{model_dir} holds no pipeline")
+        # called with keyword options its own annotations do not declare (num_speakers)
+        self._pipeline: Any = pipeline
 
     def diarize(
         self,
@@ -393,7 +397,7 @@ class PyannoteDiarizer:
         waveform = torch.from_numpy(whole(audio).astype(np.float32)[None, :])
         options = {"num_speakers": speakers} if speakers else {}
         result = self._pipeline({"waveform": waveform, "sample_rate": SAMPLE_RATE_HZ}, **options)
-        annotation = getattr(result, "speaker_diarization", result)
+        annotation: Any = getattr(result, "speaker_diarization", result)
         end_s = waveform.shape[1] / SAMPLE_RATE_HZ
         names: dict[str, str] = {}
         turns = []

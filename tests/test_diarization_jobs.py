@@ -375,9 +375,7 @@ def store_call(api: Api, tmp_path: Path, call_id: str, stereo: np.ndarray) -> in
     return int(stored.json()["id"])
 
 
-def test_a_job_runs_the_pyannote_pipeline_of_diarization_model_dir(
-    engine, database_url, tmp_path
-):
+def test_a_job_runs_the_pyannote_pipeline_of_diarization_model_dir(engine, database_url, tmp_path):
     """DIARIZATION_MODEL_DIR names a pyannote pipeline (tiny, untrained checkpoints built
     here; tests/pyannote_tiny.py): the job loads it and reports its backend."""
     pytest.importorskip("pyannote.audio", exc_type=ImportError)
