@@ -122,7 +122,11 @@ async def test_every_fault_of_deepgram_leaves_the_caller_heard_by_whisper(
     chain = chain_for(deepgram_server, vad_model)
     text, _ = await hear(chain, diane, realtime=fault == "connects then silent")
     assert "diane" in text.lower(), text
-    assert [(e.provider, e.reason) for e in chain.fallback_events] == [("stt/deepgram", reason)]
+    events = [(e.provider, e.reason) for e in chain.fallback_events]
+    if fault == "connects then silent":
+        assert events == [("stt/deepgram", reason)]
+    else:  # a quick failure is tried again after 1 s: Whisper may take that long (loading)
+        assert events and set(events) == {("stt/deepgram", reason)}, events
     await chain.aclose()
 
 
