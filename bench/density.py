@@ -80,13 +80,11 @@ from typing import Any, Literal
 
 import numpy as np
 import psutil
-from pydantic import SecretStr
 
-from agent.settings import Settings
 from agent.simulate import SimulationOptions, simulate_call
 from agent.wav_io import CALLER_SAMPLE_RATE_HZ, FRAME_MS, CallerAudioInput
 from bench.corpus import cut_turn, load_sample_audio, load_stm
-from bench.latency import OPTIONS, PROVIDER_LATENCIES_S, local_settings
+from bench.latency import OPTIONS, PROVIDER_LATENCIES_S, cloud_settings, local_settings
 
 Mode = Literal["shared", "pool", "process"]
 MODES: tuple[Mode, ...] = ("shared", "pool", "process")
@@ -306,17 +304,6 @@ class CallerScript:
         return np.concatenate([lead, *(part for t in turns for part in (cut_turn(pcm, t), gap))])
 
 
-def cloud_settings(endpoints: Endpoints) -> Settings:
-    """The cloud stack at the loopback servers, as bench.latency's run_cloud has it."""
-    return Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        stt_provider="deepgram", llm_provider="anthropic", tts_provider="openai",
-        deepgram_api_key=SecretStr("k"), deepgram_base_url=endpoints.deepgram_url,
-        anthropic_api_key=SecretStr("k"), anthropic_base_url=endpoints.anthropic_url,
-        openai_api_key=SecretStr("k"), openai_base_url=endpoints.openai_url,
-    )  # fmt: skip
-
-
 # -- the loopback providers' process -------------------------------------------------------
 
 
@@ -381,7 +368,12 @@ def _cpu_s() -> float:
 
 
 async def _run_calls(job: WorkerJob, vad_model: Any, start_at: float) -> list[CallOutcome]:
-    settings = cloud_settings(job.endpoints) if job.stack == "cloud" else local_settings()
+    endpoints = job.endpoints
+    settings = (
+        cloud_settings(endpoints.deepgram_url, endpoints.anthropic_url, endpoints.openai_url)
+        if job.stack == "cloud"
+        else local_settings()
+    )
 
     async def one(offset_s: float) -> CallOutcome:
         await asyncio.sleep(max(0.0, start_at + offset_s - time.time()))

@@ -148,12 +148,25 @@ PROVIDER_LATENCIES_S = {"realistic": (0.15, 0.30, 0.15), "zero": (0.0, 0.0, 0.0)
 """(STT final after the end of speech, LLM first token, TTS first byte)."""
 
 
+def cloud_settings(deepgram_url: str, anthropic_url: str, openai_url: str) -> Settings:
+    """The cloud stack (Deepgram, Claude, OpenAI TTS) at the loopback servers' URLs, with
+    no ``.env`` in the way."""
+    from pydantic import SecretStr
+
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        stt_provider="deepgram", llm_provider="anthropic", tts_provider="openai",
+        deepgram_api_key=SecretStr("k"), deepgram_base_url=deepgram_url,
+        anthropic_api_key=SecretStr("k"), anthropic_base_url=anthropic_url,
+        openai_api_key=SecretStr("k"), openai_base_url=openai_url,
+    )  # fmt: skip
+
+
 async def run_cloud(
     turns: Sequence[CorpusTurn], pcm: np.ndarray
 ) -> dict[str, dict[str, list[float]]]:
     """e2e latency of the cloud stack (Deepgram, Claude, OpenAI TTS on loopback servers)
     per latency profile and configuration, every turn once each."""
-    from pydantic import SecretStr
 
     from tests.loopback.anthropic_server import AnthropicServer
     from tests.loopback.deepgram_server import DeepgramServer
@@ -163,13 +176,7 @@ async def run_cloud(
     out: dict[str, dict[str, list[float]]] = {}
     async with DeepgramServer() as stt_server, AnthropicServer() as llm_server, \
             OpenAIServer() as tts_server:  # fmt: skip
-        base = Settings(
-            _env_file=None,  # type: ignore[call-arg]
-            stt_provider="deepgram", llm_provider="anthropic", tts_provider="openai",
-            deepgram_api_key=SecretStr("k"), deepgram_base_url=stt_server.listen_url,
-            anthropic_api_key=SecretStr("k"), anthropic_base_url=llm_server.base_url,
-            openai_api_key=SecretStr("k"), openai_base_url=tts_server.base_url,
-        )  # fmt: skip
+        base = cloud_settings(stt_server.listen_url, llm_server.base_url, tts_server.base_url)
         for profile, (stt_s, llm_s, tts_s) in PROVIDER_LATENCIES_S.items():
             stt_server.options.final_after_silence_s = stt_s
             # the chain's own idea of audible (plugins.stt_chain.AUDIBLE_RMS): a breath in
