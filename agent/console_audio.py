@@ -465,29 +465,28 @@ class HardenedConsole(AgentsConsole):
         if self._mic is not None:
             self._mic.close()
             self._mic = self._input_name = None
-        if not enable:
-            return
-        self._mic = DeviceStream("input", device, self._on_mic, self.audio_counters)
-        try:
-            self._mic.start()
-        except Exception as exc:
-            self._mic = None
-            raise CLIError(f"Unable to open the microphone ({exc}).") from None
-        self._input_name = self._mic.device.name if self._mic.device else None
+        if enable:
+            self._mic = self._started("input", device, self._on_mic, "microphone")
+            self._input_name = self._mic.device.name if self._mic.device else None
 
     def set_speaker_enabled(self, enable: bool, *, device: int | str | None = None) -> None:
         if self._speaker is not None:
             self._speaker.close()
             self._speaker = self._output_name = None
-        if not enable:
-            return
-        self._speaker = DeviceStream("output", device, self._on_speaker, self.audio_counters)
+        if enable:
+            self._speaker = self._started("output", device, self._on_speaker, "speaker")
+            self._output_name = self._speaker.device.name if self._speaker.device else None
+
+    def _started(
+        self, kind: Kind, device: int | str | None, body: StreamCallback, what: str
+    ) -> DeviceStream:
+        """A started :class:`DeviceStream`; raises livekit's CLIError when it cannot open."""
+        stream = DeviceStream(kind, device, body, self.audio_counters)
         try:
-            self._speaker.start()
+            stream.start()
         except Exception as exc:
-            self._speaker = None
-            raise CLIError(f"Unable to open the speaker ({exc}).") from None
-        self._output_name = self._speaker.device.name if self._speaker.device else None
+            raise CLIError(f"Unable to open the {what} ({exc}).") from None
+        return stream
 
     def _on_speaker(
         self, outdata: np.ndarray, frames: int, time_info: Any, status: Any, rate_hz: int
