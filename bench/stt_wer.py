@@ -1,9 +1,11 @@
 """Word error rate and speed of the two embedded speech-to-text engines on real speech.
 
-Engines: Whisper tiny.en (``plugins.local_stt.WhisperSTT``, what the agent uses) and
-pocketsphinx 5 with its bundled English model (the streaming fallback). Corpora: the
-``sample.stm`` turns of the telephone conversation, each cut out by its STM times with
-0.2 s padding and pooled into one WER, and the JFK clip.
+Engines: Whisper tiny.en (``plugins.local_stt.WhisperSTT``, what the agent uses) with its
+encoder window cut to the utterance, and with Whisper's own 30 s window (the agent's before
+2026-12-03), and pocketsphinx 5 with its bundled English model. Corpora: the ``sample.stm``
+turns of the telephone conversation, each cut out by its STM times with 0.2 s padding and
+pooled into one WER; the JFK clip; and support-call lines said by six espeak-ng voices on an
+8 kHz line (voices the agent was never tuned on).
 
 Run from the repository root: ``python -m bench.stt_wer [--verbose]``. Prints Markdown.
 """
@@ -11,6 +13,7 @@ Run from the repository root: ``python -m bench.stt_wer [--verbose]``. Prints Ma
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
 import time
@@ -50,11 +53,12 @@ def pooled_wer(references: Sequence[str], hypotheses: Sequence[str]) -> float:
     return float(jiwer.process_words(refs, hyps).wer)
 
 
-def whisper_recognizer() -> Recognizer:
-    """Whisper tiny.en as the agent runs it, model loaded and warmed up."""
-    from plugins.local_stt import WhisperSTT
+def whisper_recognizer(*, short_window: bool = True) -> Recognizer:
+    """Whisper tiny.en as the agent runs it, model loaded and warmed up; ``short_window``
+    False gives the encoder Whisper's whole 30 s window."""
+    from plugins.local_stt import WhisperOptions, WhisperSTT, bundled_whisper_model_dir
 
-    stt = WhisperSTT()
+    stt = WhisperSTT(WhisperOptions(bundled_whisper_model_dir(), short_window=short_window))
     stt.prewarm()
     # the first decode allocates buffers; keep that out of the timed runs
     stt.transcribe(np.zeros(CALLER_SAMPLE_RATE_HZ, dtype=np.float32))
@@ -90,7 +94,10 @@ def pocketsphinx_recognizer() -> Recognizer:
 
 
 ENGINES: dict[str, Callable[[], Recognizer]] = {
-    "whisper tiny.en (faster-whisper int8)": whisper_recognizer,
+    "whisper tiny.en (faster-whisper int8, window cut to the utterance)": whisper_recognizer,
+    "whisper tiny.en (faster-whisper int8, 30 s window)": functools.partial(
+        whisper_recognizer, short_window=False
+    ),
     "pocketsphinx 5 (default en-us)": pocketsphinx_recognizer,
 }
 
@@ -122,8 +129,41 @@ class EngineResult:
         return self.processing_s / self.audio_s
 
 
+PHONE_LINES = (
+    "My internet has been down since this morning.",
+    "I'd like to check the status of my order please.",
+    "Can you tell me why my bill is higher this month?",
+    "The router keeps blinking red and nothing works.",
+    "I want to speak to a person about cancelling my account.",
+    "Yes, that's right, the account number is four five six seven.",
+    "No, I already tried restarting it twice.",
+    "Could you send a technician on Thursday afternoon?",
+    "What time do you close on Saturday?",
+    "I moved last week and need to update my address.",
+    "Is there an outage in Springfield right now?",
+    "Thanks, that's all I needed. Goodbye.",
+    "My name is Diane Carter and I'm calling about a refund.",
+    "The wifi works upstairs but not in the kitchen.",
+    "I was charged twice for the same payment.",
+)
+"""What callers of a support line say, for the espeak-ng corpus."""
+PHONE_VOICES = ("en-us+m3", "en-us+f2", "en+m7", "en-gb+m1", "en-us+f4", "en-us")
+
+
+def phone_utterances() -> list[Utt]:
+    """Every line of :data:`PHONE_LINES` in every espeak-ng voice, on a telephone line."""
+    from bench.bargein import espeak
+
+    return [
+        Utt("espeak phone", f"{voice}: {line[:24]}", line, espeak(line, voice))
+        for line in PHONE_LINES
+        for voice in PHONE_VOICES
+    ]
+
+
 def load_utterances() -> list[Utt]:
-    """Every ``sample.stm`` turn (padded) then the JFK clip, with reference text."""
+    """Every ``sample.stm`` turn (padded), the JFK clip, then the espeak-ng phone lines,
+    with reference text."""
     pcm = load_sample_audio()
     utts = [
         Utt("sample.stm", f"{t.speaker} {t.start_s:.2f}-{t.end_s:.2f}", t.text, seg)
@@ -132,7 +172,7 @@ def load_utterances() -> list[Utt]:
     ]
     jfk_pcm, jfk_text = load_jfk()
     utts.append(Utt("jfk", "jfk.flac", jfk_text, jfk_pcm))
-    return utts
+    return utts + phone_utterances()
 
 
 def run_engine(name: str, make: Callable[[], Recognizer], utts: Sequence[Utt]) -> EngineResult:
@@ -162,18 +202,19 @@ def render(results: Sequence[EngineResult], utts: Sequence[Utt], *, verbose: boo
     """The Markdown report: one summary row per engine, then (verbose) every hypothesis."""
     n_turns = sum(u.corpus == "sample.stm" for u in utts)
     lines = [
-        "| engine | WER sample.stm | WER jfk | RTF |",
-        "|---|---:|---:|---:|",
+        "| engine | WER sample.stm | WER jfk | WER espeak phone | RTF |",
+        "|---|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r.engine} | {r.wer(utts, 'sample.stm'):.1%} | {r.wer(utts, 'jfk'):.1%} "
-            f"| {r.rtf:.2f} |"
+            f"| {r.wer(utts, 'espeak phone'):.1%} | {r.rtf:.2f} |"
         )
     audio_s = results[0].audio_s if results else 0.0
     lines += [
         "",
         f"sample.stm: {n_turns} turns cut by STM times +{TURN_PAD_S} s padding, pooled WER; "
+        f"espeak phone: {len(PHONE_LINES)} lines x {len(PHONE_VOICES)} espeak-ng voices, 8 kHz; "
         f"text lowercased, punctuation removed (apostrophes kept). RTF = recognition time / "
         f"audio time over all {audio_s:.1f} s, model loading excluded "
         + "("
@@ -199,7 +240,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = [run_engine(name, make, utts) for name, make in ENGINES.items()]
     print(render(results, utts, verbose=args.verbose))
     print(f"\nwall time {time.perf_counter() - wall:.1f} s")
+    print(headline(results, utts))
     return 0
+
+
+def headline(results: Sequence[EngineResult], utts: Sequence[Utt]) -> str:
+    """The agent's Whisper (the first engine) against Whisper with its 30 s window."""
+    ours, full = results[0], results[1]
+    return (
+        f"whisper tiny.en, window cut to the utterance: WER sample.stm "
+        f"{ours.wer(utts, 'sample.stm'):.1%} / espeak phone {ours.wer(utts, 'espeak phone'):.1%} "
+        f"(30 s window: {full.wer(utts, 'sample.stm'):.1%} / "
+        f"{full.wer(utts, 'espeak phone'):.1%}), "
+        f"time {ours.rtf / full.rtf:.2f}x of the 30 s window's"
+    )
 
 
 if __name__ == "__main__":
