@@ -260,12 +260,24 @@ class ProfileAgent(Agent):
     ) -> AsyncIterable[stt.SpeechEvent | str]:
         """livekit's STT node, less what must not commit a turn: a backchannel said over
         the agent (it keeps speaking), and a final transcript under the confidence gate
-        (the caller is asked to say it again, after three misses to use the keypad)."""
-        transcripts = (stt.SpeechEventType.INTERIM_TRANSCRIPT, stt.SpeechEventType.FINAL_TRANSCRIPT)
+        (the caller is asked to say it again, after three misses to use the keypad). A
+        preflight transcript under the gate is dropped without asking: no reply is drafted
+        for it, and its final transcript is judged when it comes."""
+        transcripts = (
+            stt.SpeechEventType.INTERIM_TRANSCRIPT,
+            stt.SpeechEventType.PREFLIGHT_TRANSCRIPT,
+            stt.SpeechEventType.FINAL_TRANSCRIPT,
+        )
         async for ev in Agent.default.stt_node(self, audio, model_settings):
             if isinstance(ev, stt.SpeechEvent) and ev.type in transcripts and ev.alternatives:
                 best = ev.alternatives[0]
                 if self.interruptions is not None and self.interruptions.swallow(best.text):
+                    continue
+                if (
+                    ev.type == stt.SpeechEventType.PREFLIGHT_TRANSCRIPT
+                    and self.gate is not None
+                    and best.confidence < self.gate.threshold(self._stt_provider())
+                ):
                     continue
                 final = ev.type == stt.SpeechEventType.FINAL_TRANSCRIPT and best.text.strip()
                 if self.gate is not None and final:

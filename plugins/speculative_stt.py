@@ -10,8 +10,16 @@ pause); if the silence lasts, the VAD ends the utterance and the guess, already 
 nearly, is its transcript. The audio the guess left out is the rest of the silence, so the
 words are the same.
 
+A guess that is done while the silence lasts is sent at once as a preflight transcript
+(livekit's ``PREFLIGHT_TRANSCRIPT``, which Deepgram Flux sends too): livekit drafts the
+reply to it, and with ``preemptive_tts`` voices it, while the VAD is still waiting for its
+silence; the final transcript at the end of the utterance is the same text, so livekit
+keeps the draft. If the caller speaks again, the draft is not used (livekit drafts again
+from the next transcript).
+
 The price: a transcription thrown away for each mid-sentence pause longer than
-:data:`SPECULATE_AFTER_S` (CPU, never words).
+:data:`SPECULATE_AFTER_S` (CPU, never words), and a reply drafted for it when the
+transcription finished inside the pause (livekit drafts at most three times a turn).
 """
 
 from __future__ import annotations
@@ -49,6 +57,9 @@ class SpeculativeStreamAdapter(stt.StreamAdapter):
         """Utterances whose transcript was the guess (stats for tests and benchmarks)."""
         self.guesses_dropped = 0
         """Guesses thrown away because the caller spoke again."""
+        self.preflights = 0
+        """Guesses sent as preflight transcripts, done before the caller spoke again or
+        the utterance ended."""
 
     def stream(
         self,
@@ -100,6 +111,21 @@ class _SpeculativeStream(StreamAdapterWrapper):
                     guess = None
                     self._adapter.guesses_dropped += 1
 
+            def preflight(task: asyncio.Task[stt.SpeechEvent]) -> None:
+                """A guess done while the caller is still silent: livekit may draft the
+                reply now (see the module)."""
+                if task is not guess or not speaking or task.cancelled() or task.exception():
+                    return  # dropped, already final, or failed (the final raises it)
+                alternatives = task.result().alternatives
+                if alternatives and alternatives[0].text:
+                    self._adapter.preflights += 1
+                    self._event_ch.send_nowait(
+                        stt.SpeechEvent(
+                            type=stt.SpeechEventType.PREFLIGHT_TRANSCRIPT,
+                            alternatives=[alternatives[0]],
+                        )
+                    )
+
             try:
                 async for event in vad_stream:
                     if event.type == VADEventType.START_OF_SPEECH:
@@ -115,6 +141,7 @@ class _SpeculativeStream(StreamAdapterWrapper):
                             drop_guess()  # the caller spoke again
                         elif guess is None and silence_s >= self._adapter.speculate_after_s:
                             guess = asyncio.create_task(self._transcribe(list(speech)))
+                            guess.add_done_callback(preflight)
                     elif event.type == VADEventType.END_OF_SPEECH:
                         speaking = False
                         speech_end_time = (
