@@ -1,11 +1,10 @@
 """Word error rate and speed of the two embedded speech-to-text engines on real speech.
 
-Engines: Whisper tiny.en (``plugins.local_stt.WhisperSTT``, what the agent uses) with its
-encoder window cut to the utterance, and with Whisper's own 30 s window (the agent's before
-2026-12-03), and pocketsphinx 5 with its bundled English model. Corpora: the ``sample.stm``
-turns of the telephone conversation, each cut out by its STM times with 0.2 s padding and
-pooled into one WER; the JFK clip; and support-call lines said by six espeak-ng voices on an
-8 kHz line (voices the agent was never tuned on).
+Engines: Whisper tiny.en (``plugins.local_stt.WhisperSTT``, what the agent uses) and
+pocketsphinx 5 with its bundled English model (the streaming fallback). Corpora: the
+``sample.stm`` turns of the telephone conversation, each cut out by its STM times with 0.2 s
+padding and pooled into one WER; the JFK clip; and support-call lines said by six espeak-ng
+voices on an 8 kHz line (voices the agent was never tuned on).
 
 Run from the repository root: ``python -m bench.stt_wer [--verbose]``. Prints Markdown.
 """
@@ -13,7 +12,6 @@ Run from the repository root: ``python -m bench.stt_wer [--verbose]``. Prints Ma
 from __future__ import annotations
 
 import argparse
-import functools
 import re
 import sys
 import time
@@ -53,12 +51,11 @@ def pooled_wer(references: Sequence[str], hypotheses: Sequence[str]) -> float:
     return float(jiwer.process_words(refs, hyps).wer)
 
 
-def whisper_recognizer(*, short_window: bool = True) -> Recognizer:
-    """Whisper tiny.en as the agent runs it, model loaded and warmed up; ``short_window``
-    False gives the encoder Whisper's whole 30 s window."""
-    from plugins.local_stt import WhisperOptions, WhisperSTT, bundled_whisper_model_dir
+def whisper_recognizer() -> Recognizer:
+    """Whisper tiny.en as the agent runs it, model loaded and warmed up."""
+    from plugins.local_stt import WhisperSTT
 
-    stt = WhisperSTT(WhisperOptions(bundled_whisper_model_dir(), short_window=short_window))
+    stt = WhisperSTT()
     stt.prewarm()
     # the first decode allocates buffers; keep that out of the timed runs
     stt.transcribe(np.zeros(CALLER_SAMPLE_RATE_HZ, dtype=np.float32))
@@ -94,10 +91,7 @@ def pocketsphinx_recognizer() -> Recognizer:
 
 
 ENGINES: dict[str, Callable[[], Recognizer]] = {
-    "whisper tiny.en (faster-whisper int8, window cut to the utterance)": whisper_recognizer,
-    "whisper tiny.en (faster-whisper int8, 30 s window)": functools.partial(
-        whisper_recognizer, short_window=False
-    ),
+    "whisper tiny.en (faster-whisper int8)": whisper_recognizer,
     "pocketsphinx 5 (default en-us)": pocketsphinx_recognizer,
 }
 
@@ -245,14 +239,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def headline(results: Sequence[EngineResult], utts: Sequence[Utt]) -> str:
-    """The agent's Whisper (the first engine) against Whisper with its 30 s window."""
-    ours, full = results[0], results[1]
+    """The agent's Whisper (the first engine) on each corpus."""
+    ours = results[0]
     return (
-        f"whisper tiny.en, window cut to the utterance: WER sample.stm "
-        f"{ours.wer(utts, 'sample.stm'):.1%} / espeak phone {ours.wer(utts, 'espeak phone'):.1%} "
-        f"(30 s window: {full.wer(utts, 'sample.stm'):.1%} / "
-        f"{full.wer(utts, 'espeak phone'):.1%}), "
-        f"time {ours.rtf / full.rtf:.2f}x of the 30 s window's"
+        f"whisper tiny.en WER: sample.stm {ours.wer(utts, 'sample.stm'):.1%}, "
+        f"jfk {ours.wer(utts, 'jfk'):.1%}, espeak phone {ours.wer(utts, 'espeak phone'):.1%}"
     )
 
 

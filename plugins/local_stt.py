@@ -37,42 +37,6 @@ class WhisperOptions:
     language: str = "en"
     beam_size: int = 1
     cpu_threads: int = 2
-    short_window: bool = True
-    """Encode a window cut to the utterance (:func:`encoder_window_frames`), not 30 s."""
-
-
-ENCODER_WINDOW_S = 20.0
-"""The shortest audio window Whisper's encoder is given (see :func:`encoder_window_frames`)."""
-ENCODER_MARGIN_S = 1.0
-"""Padding the window keeps after the utterance."""
-WHISPER_WINDOW_S = 30.0
-"""The window Whisper was trained on; faster-whisper pads every utterance to it."""
-WHISPER_FRAMES_PER_S = 100
-"""Mel frames per second of audio."""
-
-_window = threading.local()
-"""The encoder window of the transcription running on this thread, in mel frames."""
-
-
-def encoder_window_frames(duration_s: float) -> int | None:
-    """Mel frames of the window Whisper's encoder should see for an utterance, or None for
-    Whisper's own 30 s.
-
-    faster-whisper pads every utterance with silence to 30 s, and the encoder's cost grows
-    faster than the window (on this machine 0.20-0.34 s for 30 s, 0.08-0.11 s for 20 s),
-    while a caller's utterance is a few seconds long. CTranslate2 encodes a shorter window,
-    and cutting only padding keeps Whisper's words. Measured with ``python -m
-    bench.stt_wer`` (2026-12-03): with a 20 s window the word error rate is 22.2 % on the
-    corpus's telephone turns (30 s: 22.2 %) and 40.7 % on 90 support-call lines in six
-    espeak-ng voices on an 8 kHz line (30 s: 43.2 %), in 0.69x the time. A 10 s window was
-    faster still (0.50x) but moved Whisper's confidence: real callers and mumbles
-    overlapped (``python -m bench.stt_confidence``), and the confidence gate's threshold is
-    calibrated on it. Windows of a few seconds made Whisper tiny repeat itself.
-    """
-    window_s = max(ENCODER_WINDOW_S, math.ceil(duration_s + ENCODER_MARGIN_S))
-    if window_s >= WHISPER_WINDOW_S:
-        return None
-    return int(window_s * WHISPER_FRAMES_PER_S)
 
 
 @functools.cache
@@ -80,18 +44,7 @@ def _load_model(model_dir: Path, cpu_threads: int):  # type: ignore[no-untyped-d
     # One model per process: loading costs ~0.5 s and 75 MB, calls share it.
     from faster_whisper import WhisperModel
 
-    class WindowedWhisperModel(WhisperModel):  # type: ignore[misc]
-        """faster-whisper's model with its encoder given the window this thread set."""
-
-        def encode(self, features: np.ndarray):  # type: ignore[no-untyped-def]
-            frames = getattr(_window, "frames", None)
-            if frames is not None:
-                features = features[..., :frames]
-            return super().encode(np.ascontiguousarray(features))
-
-    return WindowedWhisperModel(
-        str(model_dir), device="cpu", compute_type="int8", cpu_threads=cpu_threads
-    )
+    return WhisperModel(str(model_dir), device="cpu", compute_type="int8", cpu_threads=cpu_threads)
 
 
 def audio_to_whisper_input(frames: list[rtc.AudioFrame]) -> np.ndarray:
@@ -134,22 +87,14 @@ class WhisperSTT(stt.STT):
             return "", 0.0
         model = _load_model(self._opts.model_dir, self._opts.cpu_threads)
         with self._lock:
-            _window.frames = (
-                encoder_window_frames(pcm.size / WHISPER_SAMPLE_RATE_HZ)
-                if self._opts.short_window
-                else None
+            segments, _info = model.transcribe(
+                pcm,
+                language=self._opts.language,
+                beam_size=self._opts.beam_size,
+                condition_on_previous_text=False,
+                vad_filter=False,
             )
-            try:
-                segments, _info = model.transcribe(
-                    pcm,
-                    language=self._opts.language,
-                    beam_size=self._opts.beam_size,
-                    condition_on_previous_text=False,
-                    vad_filter=False,
-                )
-                segments = list(segments)
-            finally:
-                _window.frames = None
+            segments = list(segments)
         text = " ".join(s.text.strip() for s in segments).strip()
         if not segments:
             return "", 0.0

@@ -169,6 +169,7 @@ class _SpeculativeStream(StreamAdapterWrapper):
                             )
                         )
             finally:
+                speaking = False  # no preflight after the stream's end
                 if guess is not None:
                     guess.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
