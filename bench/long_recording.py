@@ -89,7 +89,9 @@ def child(path: Path, key: bytes, duration_s: float, *, transcribe: bool, whole:
 
     keyring = Keyring({"bench": key}, "bench")
     diarizer = EmbeddingDiarizer()
-    warm = np.zeros(16_000 * 3, dtype=np.float32)
+    from bench.corpus import load_sample_audio
+
+    warm = load_sample_audio()[: 16_000 * 10].astype(np.float32) / 32768.0
     diarizer.diarize(warm)  # load the VAD and the voice encoder
     if transcribe:
         transcribe_words(warm)  # and Whisper

@@ -233,13 +233,9 @@ def run_job(context: JobContext, job_id: int) -> bool:
         if path is None:
             raise DiarizationError("unsupported", "the recording was deleted")
         try:
-            # only a transcript needs the whole recording in memory: diarizing reads it a
-            # block at a time (opened here, so a file that cannot be read fails at once)
-            audio: Audio = (
-                recording_audio(path, context.keyring)[0]
-                if transcribe
-                else recording_blocks(path, context.keyring)
-            )
+            # read a block at a time (opened here, so a file that cannot be read fails at
+            # once); a transcript reads it again, the same way
+            audio: Audio = recording_blocks(path, context.keyring)
             channels = None
             if by_channel:  # our own call: who spoke when is in its channels, exactly
                 info, chunks = open_recording(path, context.keyring)
@@ -272,8 +268,11 @@ def run_job(context: JobContext, job_id: int) -> bool:
                 )
         transcript = None
         if transcribe:
-            assert isinstance(audio, np.ndarray)
-            words = transcribe_words(audio, progress=_Scaled(reporter, share, 1.0))
+            words = transcribe_words(
+                recording_blocks(path, context.keyring),
+                progress=_Scaled(reporter, share, 1.0),
+                duration_s=duration_s,
+            )
             transcript = attribute_words(turns, words)
         _finish(context.engine, job_id, JobStatus.done, result=result_json(turns, transcript),
                 backend=backend)  # fmt: skip
